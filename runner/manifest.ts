@@ -1,0 +1,62 @@
+/**
+ * manifest.json: written last, by an atomic rename of the whole backup directory. Its presence is what makes a
+ * directory a backup; everything needed to verify and restore the backup without the host config is in it.
+ */
+import { z } from "zod";
+
+export const MANIFEST_FILE = "manifest.json";
+export const MANIFEST_VERSION = 1;
+
+export const ManifestDisk = z.object({
+  /** Target name in the guest (vda) or the name in the explicit disks map. */
+  name: z.string(),
+  /** Where the disk lived on the host when the backup was taken (image path or LV device). */
+  source: z.string(),
+  /** Format of the source image (raw, qcow2); the stored file is always the guest-visible raw bytes, compressed. */
+  format: z.string(),
+  virtualSize: z.number().int().nonnegative(),
+  bytesRead: z.number().int().nonnegative(),
+  bytesStored: z.number().int().nonnegative(),
+  /** SHA-256 of the guest-visible (uncompressed, raw) bytes. */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** SHA-256 of the stored file as it lies on disk: what `ship` checks on a target. */
+  storedSha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** File name inside the backup directory, e.g. vda.raw.zst */
+  file: z.string(),
+  compression: z.object({ type: z.enum(["zstd", "gzip", "none"]), level: z.number().int().optional() }),
+});
+
+export const Manifest = z.object({
+  manifestVersion: z.literal(MANIFEST_VERSION),
+  id: z.string(),
+  host: z.string(),
+  vm: z.string(),
+  policy: z.string(),
+  method: z.enum(["lvm", "libvirt"]),
+  format: z.literal("image"),
+  runnerVersion: z.string(),
+  startedAt: z.string(),
+  finishedAt: z.string(),
+  snapshot: z.object({
+    /** none: the domain was shut off, its images were read as they are. */
+    kind: z.enum(["libvirt-external", "lvm", "none"]),
+    createdAt: z.string().nullable(),
+    removedAt: z.string().nullable(),
+    /** Snapshot creation to removal, the time the VM ran with a snapshot/overlay. */
+    windowMs: z.number().int().nonnegative().nullable(),
+    quiesced: z.boolean(),
+    /** LVM only: highest fill seen while the snapshot lived. */
+    peakFillPercent: z.number().nullable().optional(),
+  }),
+  /** domain.xml saved with the backup (libvirt domains), for restore and drills. */
+  domainXml: z.string().nullable(),
+  disks: z.array(ManifestDisk).min(1),
+});
+
+export type Manifest = z.infer<typeof Manifest>;
+export type ManifestDisk = z.infer<typeof ManifestDisk>;
+
+/** Every file of a backup that must exist on a target, with its size and checksum (manifest.json last). */
+export function payloadFiles(m: Manifest): { file: string; size: number; sha256: string }[] {
+  return m.disks.map((d) => ({ file: d.file, size: d.bytesStored, sha256: d.storedSha256 }));
+}

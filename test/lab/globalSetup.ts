@@ -1,0 +1,30 @@
+/**
+ * Starts the lab services once per test run (integration project only) and stops them by PID at the end.
+ * Each fixture waits with a deadline and prints its logs when it fails. Tests read connection facts with
+ * `inject("<name>")` (see ProvidedContext below).
+ */
+import type { TestProject } from "vitest/node";
+
+type Stop = () => Promise<void>;
+
+export default async function setup(project: TestProject): Promise<Stop> {
+  const stops: Stop[] = [];
+  const teardown = async () => {
+    for (const stop of stops.reverse()) {
+      try {
+        await stop();
+      } catch (e) {
+        console.error("lab teardown:", e);
+      }
+    }
+  };
+  try {
+    // Fixtures register here, e.g.:
+    //   const libvirt = await startLibvirtLab(); stops.push(libvirt.stop); project.provide("libvirt", libvirt.info);
+    void project;
+  } catch (e) {
+    await teardown();
+    throw e;
+  }
+  return teardown;
+}
