@@ -24,7 +24,8 @@
  *   on Fri 2026-01-30 and Sun 2026-02-01 (both ISO week 2026-W05). keepMonthly=2 alone keeps both;
  *   keepWeekly=1 + keepMonthly=2 keeps only Feb 1, because weekly took W05 with Feb 1 and marked Jan 30 as
  *   removed, so monthly never sees it. Rules whose periods nest (last, hourly, daily, then weekly OR
- *   monthly/yearly) have no such effect: there, adding a rule or raising a count never removes more.
+ *   monthly/yearly) have no such effect: there, adding a rule or raising a count never removes more
+ *   (checked over random histories in test/unit/retention.properties.test.ts).
  * - Deviation from PBS, deliberate: PBS groups keep-last by the backup time string, which is unique per backup
  *   group there. Our ids may share a time, so keep-last counts each backup (by id) on its own.
  * - A rule with count 0 or unset does nothing. Rules that all keep nothing are refused (EmptyRetentionError)
