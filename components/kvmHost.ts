@@ -1,0 +1,166 @@
+import * as pulumi from "@pulumi/pulumi";
+import { remote } from "@pulumi/command";
+import { isAbsolute } from "node:path";
+import { hostConfigJson } from "../runner/config/hostConfig.ts";
+import { type HostConfig, isSafeName, policyNames } from "../runner/config/schema.ts";
+import { BackupPolicy } from "./backupPolicy.ts";
+import { COMMAND_ARGS, commandOptions } from "./commandDefaults.ts";
+import { type Connection, hostConnection, type HostConnectionArgs } from "./connection.ts";
+import { RemoteTarget } from "./remoteTarget.ts";
+import type { BundleArtifact } from "./render/artifact.ts";
+import { sha256 } from "./render/hash.ts";
+import { HOST_LAYOUT, releaseBundle } from "./render/layout.ts";
+import type { ScheduleSummary } from "./render/schedule.ts";
+import {
+  renderConfigInstall,
+  renderConfigRemove,
+  renderPreflight,
+  renderReleaseDirCreate,
+  renderRunnerInstall,
+  renderRunnerUninstall,
+} from "./render/scripts.ts";
+import { StagingDisk } from "./stagingDisk.ts";
+
+export interface KvmHostArgs {
+  /** The host's key under `hosts:` in the stack. */
+  hostName: string;
+  connection: HostConnectionArgs;
+  /** The host's slice of the stack (renderHostConfig): what /etc/kvm-backup/config.json will hold. */
+  config: HostConfig;
+  /** Private keys (secrets) of the ssh targets in `config.targets`, by target name. */
+  targetKeys: Record<string, pulumi.Input<string>>;
+  /** The runner bundle to install. */
+  bundle: BundleArtifact;
+  /** When the program runs (next-run outputs). */
+  now?: Date;
+}
+
+export interface PolicyOutputs extends ScheduleSummary {
+  service: string;
+  timer: string;
+  vms: string[];
+}
+
+/** Everything the program checks before creating a single resource for a host; throws a plain message. */
+export function validateKvmHostArgs(name: string, args: KvmHostArgs): void {
+  const where = `KvmHost ${name}`;
+  if (!isSafeName(args.hostName)) throw new Error(`${where}: host name "${args.hostName}" is not a safe name`);
+  if (args.config.host !== args.hostName) throw new Error(`${where}: the config is for host "${args.config.host}", not "${args.hostName}"`);
+  if (!isAbsolute(args.bundle.path)) throw new Error(`${where}: the bundle path ${args.bundle.path} must be absolute`);
+  if (!/^[0-9a-f]{64}$/.test(args.bundle.sha256)) throw new Error(`${where}: the bundle sha256 must be 64 hex digits`);
+  for (const [t, target] of Object.entries(args.config.targets)) {
+    if (target.type === "ssh" && args.targetKeys[t] === undefined) {
+      throw new Error(`${where}: ssh target "${t}" has no private key (targets.${t}.privateKey, a secret)`);
+    }
+  }
+  for (const t of Object.keys(args.targetKeys)) {
+    const target = args.config.targets[t];
+    if (!target) throw new Error(`${where}: a private key was given for target "${t}", which no policy of this host uses`);
+    if (target.type !== "ssh") throw new Error(`${where}: target "${t}" is a ${target.type} target and takes no private key`);
+  }
+  if (Object.keys(args.config.vms).length === 0) throw new Error(`${where}: the host has no VMs to back up`);
+}
+
+/**
+ * One KVM host: its SSH connection, the preflight, the runner release, the config, the target keys, the
+ * staging directory and one job per policy.
+ *
+ * Order on the host (each step depends on the previous ones):
+ *   release dir + bundle copy (inactive)  ->  preflight (`doctor` from that bundle, with the new config)
+ *   ->  runner switch, staging dir, target keys  ->  config  ->  units per policy.
+ * A failing preflight therefore stops everything after it for this host only.
+ */
+export class KvmHost extends pulumi.ComponentResource {
+  readonly connection: Connection;
+  readonly configJson: string;
+  readonly configHash: string;
+  readonly runnerRelease: string;
+  /** The version line `kvm-backup --version` printed on the host after the switch. */
+  readonly runnerVersion: pulumi.Output<string>;
+  readonly policies: Record<string, PolicyOutputs>;
+  readonly preflight: remote.Command;
+  readonly runner: remote.Command;
+  readonly configFile: remote.Command;
+
+  constructor(name: string, args: KvmHostArgs, opts?: pulumi.ComponentResourceOptions) {
+    super("kvm-backup:index:KvmHost", name, {}, opts);
+    validateKvmHostArgs(name, args);
+    const hostName = args.hostName;
+    const { bundle, config } = args;
+    const connection = hostConnection({ ...args.connection, privateKey: pulumi.secret(args.connection.privateKey) });
+    this.connection = connection;
+    this.configJson = hostConfigJson(config);
+    this.configHash = sha256(this.configJson);
+    this.runnerRelease = bundle.releaseId;
+
+    // Re-created (delete is a no-op) for each new bundle, so the copy below has its directory.
+    const releaseDir = new remote.Command(
+      `${name}/release`,
+      { ...COMMAND_ARGS, connection, create: renderReleaseDirCreate({ hostName, releaseId: bundle.releaseId }), triggers: [bundle.sha256] },
+      commandOptions(this),
+    );
+    const bundleCopy = new remote.CopyToRemote(
+      `${name}/bundle`,
+      { connection, source: new pulumi.asset.FileAsset(bundle.path), remotePath: releaseBundle(HOST_LAYOUT, bundle.releaseId), triggers: [bundle.sha256] },
+      { parent: this, dependsOn: [releaseDir], deleteBeforeReplace: true },
+    );
+    // Runs again whenever the bundle or the config changes; everything that changes the host waits for it.
+    this.preflight = new remote.Command(
+      `${name}/preflight`,
+      {
+        ...COMMAND_ARGS,
+        connection,
+        create: renderPreflight({ hostName, releaseId: bundle.releaseId, bundleSha256: bundle.sha256, configSha256: this.configHash }),
+        stdin: this.configJson,
+        triggers: [bundle.sha256, this.configHash],
+      },
+      commandOptions(this, [bundleCopy]),
+    );
+    this.runner = new remote.Command(
+      `${name}/runner`,
+      {
+        ...COMMAND_ARGS,
+        connection,
+        create: renderRunnerInstall({ hostName, releaseId: bundle.releaseId, bundleSha256: bundle.sha256 }),
+        delete: renderRunnerUninstall({ hostName }),
+      },
+      commandOptions(this, [this.preflight]),
+    );
+    const staging = new StagingDisk(`${name}/staging`, { hostName, connection, path: config.staging.path, dependsOn: [this.preflight] }, { parent: this });
+    const targets = Object.entries(config.targets).map(
+      ([t, target]) =>
+        new RemoteTarget(
+          `${name}/${t}`,
+          { hostName, targetName: t, target, connection, privateKey: args.targetKeys[t], dependsOn: [this.preflight] },
+          { parent: this },
+        ),
+    );
+    this.configFile = new remote.Command(
+      `${name}/config`,
+      {
+        ...COMMAND_ARGS,
+        connection,
+        create: renderConfigInstall({ hostName, configSha256: this.configHash }),
+        delete: renderConfigRemove({ hostName }),
+        stdin: this.configJson,
+      },
+      commandOptions(this, [this.runner, staging, ...targets]),
+    );
+    const now = args.now ?? new Date();
+    this.policies = {};
+    for (const [p, policy] of Object.entries(config.policies)) {
+      const vms = Object.entries(config.vms)
+        .filter(([, vm]) => policyNames(vm).includes(p))
+        .map(([v]) => v);
+      const bp = new BackupPolicy(`${name}/${p}`, { hostName, policyName: p, policy, vms, connection, now, dependsOn: [this.configFile] }, { parent: this });
+      this.policies[p] = { ...bp.schedule, service: bp.job.service, timer: bp.job.timer, vms: bp.vms };
+    }
+    this.runnerVersion = this.runner.stdout.apply((s) => (s ?? "").trim().split("\n").pop() ?? "");
+    this.registerOutputs({
+      runnerVersion: this.runnerVersion,
+      runnerRelease: this.runnerRelease,
+      configHash: this.configHash,
+      policies: this.policies,
+    });
+  }
+}
