@@ -1,5 +1,10 @@
 import type { Command } from "./command.ts";
 import { validate } from "./validate.ts";
+import { ship } from "./ship.ts";
+import { prune } from "./prune.ts";
+import { protect } from "./protect.ts";
+import { verifyTarget } from "./verifyTarget.ts";
 
 /** Every subcommand, in the order `--help` lists them. Add new commands here. */
 export const commands: Command[] = [validate];
+commands.push(ship, prune, protect, verifyTarget);
