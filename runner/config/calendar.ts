@@ -23,7 +23,10 @@
  * are rounded up to the next millisecond in the returned Date.
  */
 
-export class CalendarSyntaxError extends Error {
+import { UsageError } from "../errors.ts";
+
+/** Bad config input: a usage error (exit code 2), nothing was changed. */
+export class CalendarSyntaxError extends UsageError {
   override name = "CalendarSyntaxError";
 }
 

@@ -5,7 +5,10 @@
  * prints it. Internally everything is whole microseconds (BigInt), like systemd's usec_t.
  */
 
-export class DurationSyntaxError extends Error {
+import { UsageError } from "../errors.ts";
+
+/** Bad config input: a usage error (exit code 2), nothing was changed. */
+export class DurationSyntaxError extends UsageError {
   override name = "DurationSyntaxError";
 }
 

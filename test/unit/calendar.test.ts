@@ -7,6 +7,7 @@ import {
   parseCalendar,
 } from "../../runner/config/calendar.ts";
 import { HAND_PICKED, generatedCases, type RecordedCalendarCase } from "./fixtures/calendar/record.ts";
+import { ExitCode, KvmBackupError, UsageError } from "../../runner/errors.ts";
 
 // Recorded from the real systemd-analyze by test/unit/fixtures/calendar/record.ts (run it again after
 // changing the case lists there; the "fixture is current" test below fails until you do).
@@ -239,5 +240,21 @@ describe("nextElapse", () => {
     expect(() => nextElapse(spec, new Date(Number.NaN))).toThrow(TypeError);
     expect(() => nextElapses(spec, new Date(), -1)).toThrow(RangeError);
     expect(nextElapses(spec, new Date(), 0)).toEqual([]);
+  });
+});
+
+describe("CalendarSyntaxError", () => {
+  it("is a usage error of the runner (exit code 2: bad config, nothing changed)", () => {
+    const error = (() => {
+      try {
+        parseCalendar("Mon..Fry 02:00");
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toBeInstanceOf(UsageError);
+    expect(error).toBeInstanceOf(KvmBackupError);
+    expect((error as UsageError).exitCode).toBe(ExitCode.usage);
+    expect((error as Error).name).toBe("CalendarSyntaxError");
   });
 });

@@ -8,6 +8,7 @@ import {
   parseDurationMicroseconds,
 } from "../../runner/config/duration.ts";
 import { TIMESPANS, type RecordedTimespan } from "./fixtures/calendar/record.ts";
+import { ExitCode, KvmBackupError, UsageError } from "../../runner/errors.ts";
 
 // Recorded from the real `systemd-analyze timespan` by test/unit/fixtures/calendar/record.ts.
 const recorded = JSON.parse(
@@ -122,5 +123,21 @@ describe("formatDuration", () => {
   it("round-trips through parseDuration", () => {
     const values = [0.000001, 0.001, 0.25, 1, 59.999999, 61.5, 3599, 3600, 86_399, 90_061, 604_800, 2_629_800, 31_557_600, 1e8];
     for (const v of values) expect(parseDuration(formatDuration(v))).toBe(v);
+  });
+});
+
+describe("DurationSyntaxError", () => {
+  it("is a usage error of the runner (exit code 2: bad config, nothing changed)", () => {
+    const error = (() => {
+      try {
+        parseDuration("1x");
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toBeInstanceOf(UsageError);
+    expect(error).toBeInstanceOf(KvmBackupError);
+    expect((error as UsageError).exitCode).toBe(ExitCode.usage);
+    expect((error as Error).name).toBe("DurationSyntaxError");
   });
 });
