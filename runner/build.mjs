@@ -14,6 +14,6 @@ await build({
   legalComments: "none",
   define: { __KVM_BACKUP_VERSION__: JSON.stringify(pkg.version) },
   // Some bundled CommonJS dependencies call require(); give the ESM bundle one.
-  banner: { js: "#!/usr/bin/env node\nimport { createRequire as __kvmCreateRequire } from 'node:module'; const require = __kvmCreateRequire(import.meta.url);" },
+  banner: { js: "import { createRequire as __kvmCreateRequire } from 'node:module'; const require = __kvmCreateRequire(import.meta.url);" },
   logLevel: "warning",
 });
