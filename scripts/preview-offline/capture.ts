@@ -7,6 +7,7 @@ const SIG = "4dabf18193072939515e22adb298388d";
 const SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270";
 const ASSET_SIG = "c44067f5952c0a294b673a41bacd8c17";
 const ARCHIVE_SIG = "0def7320c3a5731c473e5ecbe6d01bc7";
+const OUTPUT_VALUE_SIG = "d0e6a833031e9bbcd3f4e8bde6ca49a4";
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 
 export interface CapturedAsset {
@@ -64,6 +65,10 @@ export function unwrapWire(value: unknown, path: string, secrets: string[]): unk
       secrets.push(path);
       return unwrapWire(value.value, path, []);
     }
+    if (sig === OUTPUT_VALUE_SIG) {
+      if (value.secret === true) secrets.push(path);
+      return "value" in value ? unwrapWire(value.value, path, value.secret === true ? [] : secrets) : UNKNOWN;
+    }
     if (sig === ASSET_SIG || sig === ARCHIVE_SIG) {
       const a: CapturedAsset = { kind: sig === ASSET_SIG ? "asset" : "archive" };
       if (typeof value.path === "string") a.path = value.path;
@@ -106,7 +111,8 @@ export function plainStrings(wire: unknown, out: string[] = []): string[] {
   if (typeof wire === "string") out.push(wire);
   else if (Array.isArray(wire)) wire.forEach((v) => plainStrings(v, out));
   else if (isSig(wire)) {
-    if (wire[SIG] !== SECRET_SIG) Object.values(wire).forEach((v) => plainStrings(v, out));
+    const secretOutput = wire[SIG] === OUTPUT_VALUE_SIG && wire.secret === true;
+    if (wire[SIG] !== SECRET_SIG && !secretOutput) Object.values(wire).forEach((v) => plainStrings(v, out));
   } else if (wire !== null && typeof wire === "object") Object.values(wire).forEach((v) => plainStrings(v, out));
   return out;
 }
