@@ -21,6 +21,17 @@ export function isSafeName(name: string): boolean {
 
 export const Name = z.string().refine(isSafeName, { error: (iss) => `"${String(iss.input)}" is not a safe name (${NAME_HELP})` });
 
+/** A map keyed by names. A bad key reports the key's own problem (zod's default says only "Invalid key in record"). */
+function namedRecord<V extends z.ZodType>(value: V) {
+  return z.record(Name, value, {
+    error: (iss) => {
+      if (iss.code === "invalid_key") return (iss as unknown as { issues: Array<{ message: string }> }).issues.map((i) => i.message).join("; ");
+      if (iss.code === "invalid_type") return "must be a mapping of names to settings";
+      return undefined;
+    },
+  });
+}
+
 const DISK_RE = /^[a-z][a-z0-9]{1,15}$/;
 export const DiskName = z
   .string()
@@ -284,7 +295,7 @@ function host<S extends z.ZodType>(secret: S) {
     privateKey: secret.optional(),
     libvirtUri: LibvirtUri.default("qemu:///system"),
     staging: Staging,
-    vms: z.record(Name, Vm),
+    vms: namedRecord(Vm),
   });
 }
 
@@ -344,9 +355,9 @@ function stackConfig<S extends z.ZodType>(secret: S) {
   return strict({
     /** The SSH key Pulumi uses for every host that does not set its own `privateKey`. */
     sshPrivateKey: secret.optional(),
-    targets: z.record(Name, target(secret)).default({}),
-    policies: z.record(Name, Policy),
-    hosts: z.record(Name, host(secret)),
+    targets: namedRecord(target(secret)).default({}),
+    policies: namedRecord(Policy),
+    hosts: namedRecord(host(secret)),
   }).superRefine((cfg, ctx) => {
     const c = cfg as unknown as {
       sshPrivateKey?: unknown;
@@ -385,9 +396,9 @@ export const HostConfig = strict({
   host: Name,
   libvirtUri: LibvirtUri.default("qemu:///system"),
   staging: Staging,
-  targets: z.record(Name, HostTarget).default({}),
-  policies: z.record(Name, Policy),
-  vms: z.record(Name, Vm),
+  targets: namedRecord(HostTarget).default({}),
+  policies: namedRecord(Policy),
+  vms: namedRecord(Vm),
 }).superRefine((cfg, ctx) => {
   checkReferences(ctx, cfg.targets, cfg.policies, [{ path: ["vms"], vms: cfg.vms }]);
 });
