@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { ConfigError, formatProblem } from "../config/configErrors.ts";
-import { loadStackFile, stackFilePath } from "../config/loadStack.ts";
+import { displayPath, loadStackFile, stackFilePath } from "../config/loadStack.ts";
 import { UsageError } from "../errors.ts";
 import type { Command } from "./command.ts";
 
@@ -26,7 +26,7 @@ export const validate: Command = {
     for (const file of files) {
       try {
         loadStackFile(file);
-        ctx.stdout(`${file}: valid\n`);
+        ctx.stdout(`${displayPath(file)}: valid\n`);
       } catch (e) {
         if (!(e instanceof ConfigError)) throw e;
         bad++;
