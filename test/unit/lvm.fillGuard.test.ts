@@ -4,12 +4,13 @@ import { decideFill, FillGuard } from "../../runner/lvm/fillGuard.ts";
 import { SnapshotOverflowError } from "../../runner/lvm/errors.ts";
 import { parseLvs, type LogicalVolume } from "../../runner/lvm/report.ts";
 import { Logger } from "../../runner/log.ts";
+import type { ExtendPlan } from "../../runner/lvm/snapshotSize.ts";
 
 const MiB = 1024 ** 2;
 const fx = (f: string) => readFileSync(new URL(`./fixtures/lvm/${f}`, import.meta.url), "utf8");
 const snap = (fill: number, size = 48 * MiB, attr = "swi-a-s---") => ({ name: "kvmbk+web01+20261128T020000Z+web01", vg: "vg0", sizeBytes: size, fillPercent: fill, attr });
-const noExtend = { stepBytes: null, ceilingBytes: 256 * MiB };
-const extend = { stepBytes: 16 * MiB, ceilingBytes: 96 * MiB };
+const noExtend: ExtendPlan = { stepBytes: null, ceilingBytes: 256 * MiB };
+const extend: ExtendPlan = { stepBytes: 16 * MiB, ceilingBytes: 96 * MiB };
 
 describe("fill decision", () => {
   it("does nothing below the limit", () => {
