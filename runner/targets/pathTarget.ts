@@ -80,12 +80,11 @@ export class PathTarget extends ShellTarget {
     this.fail("rsync", res);
   }
 
-  protected override async checksums(paths: string[]): Promise<string> {
+  protected override async beforeHashing(paths: string[]): Promise<void> {
     for (const p of paths) {
       // Drop the cached pages of the file just written, so the hash reads the storage. Advisory; a missing
-      // file is reported by the hash below.
+      // file is reported by the hash.
       await boundedRun(this.name, "dd", [`if=${p}`, "iflag=nocache", "count=0", "status=none"], { timeoutMs: this.shortMs, allowFailure: true });
     }
-    return super.checksums(paths);
   }
 }

@@ -18,6 +18,12 @@ import {
   vmPath,
 } from "./target.ts";
 
+// Fixed scripts: every value reaches them as a positional argument ("$1", "$@"), never inside the script text.
+const FACTS_SEPARATOR = "--kvm-backup-checksums--\n";
+const FACTS_SCRIPT = 'stat -c "%s %n" -- "$@"; printf "%s" "--kvm-backup-checksums--\n"; sha256sum -- "$@"; exit 0';
+const RENAME_SCRIPT = 'mv -T -- "$1" "$2" && sync -- "$3"';
+const REMOVE_SCRIPT = 'mv -T -- "$1" "$2" && sync -- "$3" && rm -rf -- "$2"';
+
 export interface ExecOptions {
   timeoutMs: number;
   /** Return a non-zero exit instead of throwing (connection failures still throw). */
@@ -83,24 +89,24 @@ export abstract class ShellTarget implements Target {
     if (files.length === 0) return new Map();
     const dir = placePath(this.base, this.host, vm, id, place);
     const paths = files.map((f) => `${dir}/${f}`);
-    const sizes = await this.exec(["stat", "-c", "%s %n", "--", ...paths], { timeoutMs: this.shortMs, allowFailure: true });
-    const sums = await this.checksums(paths);
-    return parseFacts(sums, sizes.stdout);
+    await this.beforeHashing(paths);
+    // One round trip: sizes, a separator, checksums. Missing files are left out (stat/sha256sum complain on
+    // stderr and go on), which compareFacts reports as missing.
+    const res = await this.exec(["sh", "-c", FACTS_SCRIPT, "sh", ...paths], { timeoutMs: this.timeoutMs, allowFailure: true });
+    const [sizes = "", sums = ""] = res.stdout.split(FACTS_SEPARATOR);
+    return parseFacts(sums, sizes);
   }
 
-  /** `sha256sum` lines for the files that exist (missing ones are left out, not an error). */
-  protected async checksums(paths: string[]): Promise<string> {
-    const res = await this.exec(["sha256sum", "--", ...paths], { timeoutMs: this.timeoutMs, allowFailure: true });
-    return res.stdout;
-  }
+  /** Hook for path targets: drop cached pages so the hash reads the storage. */
+  protected async beforeHashing(_paths: string[]): Promise<void> {}
 
   async rename(vm: string, id: string, direction: "commit" | "reopen"): Promise<void> {
     const incoming = placePath(this.base, this.host, vm, id, "incoming");
     const final = placePath(this.base, this.host, vm, id, "final");
     const [from, to] = direction === "commit" ? [incoming, final] : [final, incoming];
-    const mv = await this.exec(["mv", "-T", "--", from, to], { timeoutMs: this.shortMs, allowFailure: true });
-    if (mv.exitCode !== 0) this.fail(`renaming ${from} to ${to}`, mv);
-    await this.syncDir(vmPath(this.base, this.host, vm));
+    // rename(2), then flush the directory that holds both names so the rename survives a crash.
+    const res = await this.exec(["sh", "-c", RENAME_SCRIPT, "sh", from, to, vmPath(this.base, this.host, vm)], { timeoutMs: this.shortMs, allowFailure: true });
+    if (res.exitCode !== 0) this.fail(`renaming ${from} to ${to}`, res);
   }
 
   async readManifestText(vm: string, id: string): Promise<string> {
@@ -113,20 +119,13 @@ export abstract class ShellTarget implements Target {
   async remove(vm: string, id: string, place: Place): Promise<void> {
     const from = placePath(this.base, this.host, vm, id, place);
     const trash = placePath(this.base, this.host, vm, id, "trash");
-    const mv = await this.exec(["mv", "-T", "--", from, trash], { timeoutMs: this.shortMs, allowFailure: true });
-    if (mv.exitCode !== 0) this.fail(`renaming ${from} to ${trash} before deleting it`, mv);
-    await this.syncDir(vmPath(this.base, this.host, vm));
-    await this.removeTrash(vm, id);
+    const res = await this.exec(["sh", "-c", REMOVE_SCRIPT, "sh", from, trash, vmPath(this.base, this.host, vm)], { timeoutMs: this.timeoutMs, allowFailure: true });
+    if (res.exitCode !== 0) this.fail(`removing ${from} (renamed to ${trash} first)`, res);
   }
 
   async removeTrash(vm: string, id: string): Promise<void> {
     const trash = placePath(this.base, this.host, vm, id, "trash");
     const rm = await this.exec(["rm", "-rf", "--", trash], { timeoutMs: this.timeoutMs, allowFailure: true });
     if (rm.exitCode !== 0) this.fail(`deleting ${trash}`, rm);
-  }
-
-  private async syncDir(dir: string): Promise<void> {
-    const res = await this.exec(["sync", "--", dir], { timeoutMs: this.shortMs, allowFailure: true });
-    if (res.exitCode !== 0) this.fail(`flushing ${dir} to disk`, res);
   }
 }

@@ -8,6 +8,7 @@
  *
  * Remote commands are argument lists built from validated names (target.ts) and single-quoted one by one.
  */
+import { createHash } from "node:crypto";
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { HostTarget } from "../config/schema.ts";
@@ -30,6 +31,7 @@ type SshConfig = Extract<HostTarget, { type: "ssh" }>;
 
 const CONNECT_TIMEOUT_S = 10;
 const ALIVE_COUNT_MAX = 3;
+const CONTROL_PERSIST_S = 15;
 
 /** A shorter target timeout also tightens the keep-alive: from every 2 s (tests) up to every 15 s (default 2h). */
 export function aliveIntervalSeconds(timeoutMs: number): number {
@@ -60,7 +62,14 @@ export class SshTarget extends ShellTarget {
     this.where = `ssh ${cfg.user}@${cfg.host}:${cfg.port}${cfg.path}`;
     this.knownHosts = join(runtimeDir(ctx.staging), "ssh", `${name}.known_hosts`);
     this.alias = `kvm-backup-target-${name}`;
+    // One connection per target serves every command of a run (a handshake costs ~1 s on a busy host). The
+    // socket name covers everything the connection was authenticated with, so a changed hostKey or key file
+    // never reuses a connection made under the old one.
+    const identity = createHash("sha256").update(JSON.stringify([cfg.host, cfg.port, cfg.user, cfg.hostKey, cfg.keyFile])).digest("hex").slice(0, 16);
+    this.controlPath = join(runtimeDir(ctx.staging), "ssh", `${name}-${identity}.mux`);
   }
+
+  private readonly controlPath: string;
 
   /** Options shared by every ssh invocation (plain ssh and rsync's -e); no value contains a space. */
   sshOptions(): string[] {
@@ -84,6 +93,10 @@ export class SshTarget extends ShellTarget {
       ...o("ServerAliveInterval", alive),
       ...o("ServerAliveCountMax", ALIVE_COUNT_MAX),
       ...o("LogLevel", "ERROR"),
+      ...o("ControlMaster", "auto"),
+      ...o("ControlPath", this.controlPath),
+      // Idle seconds before the shared connection closes: it outlives a run by at most this, even after kill -9.
+      ...o("ControlPersist", CONTROL_PERSIST_S),
       "-p", String(this.cfg.port),
       "-l", this.cfg.user,
     ];

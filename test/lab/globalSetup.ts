@@ -4,6 +4,7 @@
  * `inject("<name>")` (see ProvidedContext below).
  */
 import type { TestProject } from "vitest/node";
+import { startSshdLab } from "./sshdLab.ts";
 
 type Stop = () => Promise<void>;
 
@@ -22,6 +23,9 @@ export default async function setup(project: TestProject): Promise<Stop> {
     // Fixtures register here, e.g.:
     //   const libvirt = await startLibvirtLab(); stops.push(libvirt.stop); project.provide("libvirt", libvirt.info);
     void project;
+    const sshd = await startSshdLab();
+    stops.push(sshd.stop);
+    project.provide("sshd", sshd.info);
   } catch (e) {
     await teardown();
     throw e;
