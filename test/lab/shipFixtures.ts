@@ -125,12 +125,12 @@ export interface CliResult {
 }
 
 /** The bundled CLI as its own process (and its own process group, so a test can kill -9 all of it). */
-export function startCli(config: string, args: string[], opts: { timeoutMs?: number } = {}) {
+export function startCli(config: string, args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}) {
   const started = Date.now();
   const child = spawn(process.execPath, [CLI, "--config", config, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
-    env: { ...process.env, KVM_BACKUP_LOG: "json" },
+    env: { ...process.env, KVM_BACKUP_LOG: "json", ...opts.env },
   });
   let stdout = "";
   let stderr = "";
@@ -152,7 +152,7 @@ export function startCli(config: string, args: string[], opts: { timeoutMs?: num
   return { child, done };
 }
 
-export async function runCli(config: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+export async function runCli(config: string, args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
   return startCli(config, args, opts).done;
 }
 
