@@ -7,6 +7,7 @@
 import type { RunResult } from "../exec.ts";
 import {
   classifyEntries,
+  parseFindListing,
   type FileFacts,
   parseFacts,
   type Place,
@@ -62,16 +63,7 @@ export abstract class ShellTarget implements Target {
       if (/No such file or directory/.test(res.stderr) && !res.stdout.trim()) return classifyEntries([]);
       this.fail(`listing ${dir}`, res);
     }
-    const dirs = new Set<string>();
-    const manifests = new Set<string>();
-    for (const line of res.stdout.split("\n")) {
-      const m = /^(\S) (.+)$/.exec(line);
-      if (!m) continue;
-      const [, type, rel] = m;
-      if (type === "d" && !rel!.includes("/")) dirs.add(rel!);
-      if (type === "f" && rel!.endsWith("/manifest.json") && rel!.split("/").length === 2) manifests.add(rel!.split("/")[0]!);
-    }
-    return classifyEntries([...dirs].map((name) => ({ name, hasManifest: manifests.has(name) })));
+    return parseFindListing(res.stdout);
   }
 
   async upload(vm: string, id: string, localFiles: string[]): Promise<void> {

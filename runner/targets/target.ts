@@ -150,6 +150,21 @@ export function compareFacts(expected: Map<string, FileFacts>, actual: Map<strin
   return problems;
 }
 
+/** `find <vmdir> -mindepth 1 -maxdepth 2 -printf '%y %P\\n'` output: the directories, and which hold manifest.json. */
+export function parseFindListing(stdout: string): TargetListing {
+  const dirs = new Set<string>();
+  const manifests = new Set<string>();
+  for (const line of stdout.split("\n")) {
+    const m = /^(\S) (.+)$/.exec(line);
+    if (!m) continue;
+    const [, type, rel] = m as unknown as [string, string, string];
+    const parts = rel.split("/");
+    if (type === "d" && parts.length === 1) dirs.add(rel);
+    if (type === "f" && parts.length === 2 && parts[1] === "manifest.json") manifests.add(parts[0]!);
+  }
+  return classifyEntries([...dirs].map((name) => ({ name, hasManifest: manifests.has(name) })));
+}
+
 /** Parse `sha256sum` output lines ("<hex>  <name>") and `stat -c '%s %n'` lines into facts by base name. */
 export function parseFacts(shaOut: string, sizeOut: string): Map<string, FileFacts> {
   const sizes = new Map<string, number>();
