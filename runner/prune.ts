@@ -23,7 +23,7 @@ import type { KvmBackupError } from "./errors.ts";
 import { type Lock, LockedError } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { decideRetention, type RetentionRules } from "./retention.ts";
-import { lockBackup, targetsOf } from "./ship.ts";
+import { lockBackup, shipAll, targetsOf } from "./ship.ts";
 import { idTime, listBackups, listPartials, listTrash, PARTIAL_SUFFIX, readManifest, type StoredBackup, TRASH_PREFIX } from "./staging.ts";
 import { Manifest } from "./manifest.ts";
 import { readDamaged } from "./targets/damaged.ts";
@@ -325,4 +325,15 @@ export async function pruneAll(cfg: HostConfig, opts: PruneOptions): Promise<Pru
 export function formatPruneLine(l: PruneLine): string {
   const what = l.kind === "backup" ? l.id : `${l.id} (${l.kind})`;
   return `${l.where.padEnd(10)} ${l.vm}/${what.padEnd(18)} ${l.keep ? "keep  " : "remove"} ${l.reason}${l.error ? ` -- FAILED: ${l.error}` : ""}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// After the backups of `kvm-backup run`: ship, then prune. Prune runs even when a target failed (it never removes
+// what is not shipped), so staging and the healthy targets are still kept in check.
+
+export async function shipThenPrune(cfg: HostConfig, log: Logger, opts: { vms?: string[] } = {}): Promise<{ ok: boolean }> {
+  const shipped = await shipAll(cfg, { log, vms: opts.vms });
+  const report = await pruneAll(cfg, { log, dryRun: false, vms: opts.vms });
+  const ok = !shipped.some((o) => o.result === "failed") && report.failedTargets.length === 0 && !report.lines.some((l) => l.error);
+  return { ok };
 }

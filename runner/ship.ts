@@ -12,7 +12,7 @@
  * prune never removes it in the middle.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, readdirSync, statSync } from "node:fs";
+import { createReadStream, existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { isShippedTo, isStateFileName, readState, targetState, updateState } from "./backupState.ts";
 import type { HostConfig } from "./config/schema.ts";
@@ -189,6 +189,11 @@ export async function shipAll(cfg: HostConfig, opts: ShipOptions): Promise<ShipO
         continue;
       }
       const started = Date.now();
+      // Between listing and locking, another run may have shipped (and prune removed) this backup.
+      if (!existsSync(join(b.dir, MANIFEST_FILE)) || isShippedTo(readState(b.dir), name)) {
+        lock.release();
+        continue;
+      }
       try {
         updateState(b.dir, (s) => {
           const t = targetState(s, name);
@@ -254,7 +259,8 @@ export function targetStatus(cfg: HostConfig): TargetPending[] {
         if (isShippedTo(s, name)) {
           if (ts?.shippedAt && (!row.lastShippedAt || ts.shippedAt > row.lastShippedAt)) row.lastShippedAt = ts.shippedAt;
         } else {
-          row.pending.push({ vm, id: b.id, since: ts?.pendingSince, lastError: ts?.lastError?.message });
+          // Not attempted yet: due since the backup was finished.
+          row.pending.push({ vm, id: b.id, since: ts?.pendingSince ?? b.manifest.finishedAt, lastError: ts?.lastError?.message });
         }
       }
     }

@@ -65,11 +65,13 @@ export class SshTarget extends ShellTarget {
     // One connection per target serves every command of a run (a handshake costs ~1 s on a busy host). The
     // socket name covers everything the connection was authenticated with, so a changed hostKey or key file
     // never reuses a connection made under the old one.
-    const identity = createHash("sha256").update(JSON.stringify([cfg.host, cfg.port, cfg.user, cfg.hostKey, cfg.keyFile])).digest("hex").slice(0, 16);
-    this.controlPath = join(runtimeDir(ctx.staging), "ssh", `${name}-${identity}.mux`);
+    const identity = createHash("sha256").update(JSON.stringify([name, cfg.host, cfg.port, cfg.user, cfg.hostKey, cfg.keyFile])).digest("hex").slice(0, 16);
+    const socket = join(runtimeDir(ctx.staging), "ssh", `${identity}.mux`);
+    // A Unix socket path has at most 107 bytes; under a very long staging path, go without sharing.
+    this.controlPath = socket.length <= 100 ? socket : undefined;
   }
 
-  private readonly controlPath: string;
+  private readonly controlPath: string | undefined;
 
   /** Options shared by every ssh invocation (plain ssh and rsync's -e); no value contains a space. */
   sshOptions(): string[] {
@@ -93,10 +95,14 @@ export class SshTarget extends ShellTarget {
       ...o("ServerAliveInterval", alive),
       ...o("ServerAliveCountMax", ALIVE_COUNT_MAX),
       ...o("LogLevel", "ERROR"),
-      ...o("ControlMaster", "auto"),
-      ...o("ControlPath", this.controlPath),
-      // Idle seconds before the shared connection closes: it outlives a run by at most this, even after kill -9.
-      ...o("ControlPersist", CONTROL_PERSIST_S),
+      ...(this.controlPath === undefined
+        ? o("ControlMaster", "no")
+        : [
+            ...o("ControlMaster", "auto"),
+            ...o("ControlPath", this.controlPath),
+            // Idle seconds before the shared connection closes: it outlives a run by at most this, even after kill -9.
+            ...o("ControlPersist", CONTROL_PERSIST_S),
+          ]),
       "-p", String(this.cfg.port),
       "-l", this.cfg.user,
     ];

@@ -136,7 +136,12 @@ describe("ssh options", () => {
     });
     const mux = (x: string[]) => x[x.findIndex((v) => v.startsWith("ControlPath="))];
     expect(mux(other.sshOptions())).not.toBe(mux(opts));
-    expect(mux(opts)).toMatch(/^ControlPath=\/var\/lib\/kvm-backup\/\.kvm-backup\/ssh\/nas-[0-9a-f]{16}\.mux$/);
+    expect(mux(opts)).toMatch(/^ControlPath=\/var\/lib\/kvm-backup\/\.kvm-backup\/ssh\/[0-9a-f]{16}\.mux$/);
+  });
+  it("goes without a shared connection when the socket path would be too long for a Unix socket", () => {
+    const deep = new SshTarget("nas", cfg as Extract<HostTarget, { type: "ssh" }>, { host: "kvm1", staging: `/${"d".repeat(90)}` }).sshOptions();
+    expect(deep.some((v) => v.startsWith("ControlPath="))).toBe(false);
+    expect(deep).toContain("ControlMaster=no");
   });
   it("known_hosts line: alias, type and key only (the comment is dropped)", () => {
     expect(knownHostsLine("kvm-backup-target-nas", cfg.type === "ssh" ? cfg.hostKey : "")).toBe(
