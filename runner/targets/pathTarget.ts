@@ -3,8 +3,8 @@
  * process: a hung NFS mount blocks any process that reads it, so every operation is a child with a timeout
  * (boundedRun), and the mount is asked to answer first (stat with a short timeout) before anything is copied.
  *
- * The copy is rsync with --fsync (each file flushed), the directory is flushed with `sync DIR` before the rename
- * that makes it a backup, and the check reads the files back from the storage: the page cache of what was just
+ * The copy is rsync in a child; every file and the directory are then flushed with `sync FILE... DIR` (fsync each)
+ * before the rename that makes it a backup, and the check reads the files back from the storage: the page cache of what was just
  * written is dropped first (dd iflag=nocache count=0), so sha256sum sees what the disk or server holds.
  */
 import type { HostTarget } from "../config/schema.ts";
@@ -61,7 +61,7 @@ export class PathTarget extends ShellTarget {
       res = await boundedRun(
         this.name,
         "rsync",
-        ["--partial", "--ignore-times", "--times", "--fsync", "--chmod=F0640", `--timeout=${Math.max(30, Math.round(this.timeoutMs / 4000))}`, "--", ...localFiles, `${destDir}/`],
+        ["--partial", "--ignore-times", "--times", "--chmod=F0640", `--timeout=${Math.max(30, Math.round(this.timeoutMs / 4000))}`, "--", ...localFiles, `${destDir}/`],
         { timeoutMs: this.timeoutMs, allowFailure: true },
       );
     } catch (e) {
