@@ -99,7 +99,17 @@ export function runProgram(opts: ProgramOptions): Record<string, HostOutputs> {
     const bundle = bundleArtifact(bundlePath, projectVersion(opts.projectDir));
     return buildHosts(stack, bundle, opts.now);
   } catch (e) {
-    if (e instanceof ConfigError || e instanceof BundleMissingError) throw new pulumi.RunError(e.message);
+    if (e instanceof ConfigError || e instanceof BundleMissingError) throw runError(e.message);
     throw e;
   }
+}
+
+/**
+ * Pulumi prints a RunError without its stack, but the SDK still formats the stack once (util.inspect for its
+ * trace span), which under tsx means source-map lookups taking tens of seconds. A preset stack skips that.
+ */
+function runError(message: string): pulumi.RunError {
+  const e = new pulumi.RunError(message);
+  e.stack = `RunError: ${message}`;
+  return e;
 }
