@@ -1,0 +1,111 @@
+/**
+ * Round trips on real LVM in User-Mode Linux: (a) an LV as the VM disk, (b) image files on ext4 and xfs
+ * filesystems on LVs. A paced writer changes the origin while the snapshot is streamed; the backup must hold the
+ * content at snapshot time, and the origin the new writes.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
+import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT, writerLog } from "./lvmLab.ts";
+import { backupCommand, backupResult } from "./lvmBackup.ts";
+
+const WRITER = new URL("../lab/pacedWriter.mjs", import.meta.url).pathname;
+
+describe("lvm method round trips (UML)", () => {
+  it("(a) LV disk: the backup holds the content at snapshot time while the origin is written during the stream", async () => {
+    const a = pseudoRandom(64 * MiB, 1);
+    const b = pseudoRandom(16 * MiB, 2);
+    const run = await backupCommand("web01");
+    const r = await runUml({
+      name: "lvm-rt-lv",
+      timeoutMs: 200_000,
+      files: { "a.bin": a, "b.bin": b },
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 256M -n web01 vg0
+dd if=$LAB/a.bin of=/dev/vg0/web01 bs=1M conv=fsync status=none
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "48MiB", pollInterval: "200ms" } })}
+${run} > $LAB/run.log 2>&1 &
+pid=$!
+${WAIT_FOR_SNAPSHOT}
+node ${WRITER} $LAB/b.bin /dev/vg0/web01 100 16 8 $LAB/writer.log
+rc=0; wait $pid || rc=$?; echo $rc > $LAB/run.rc
+sha256sum /dev/vg0/web01 | cut -d' ' -f1 > $LAB/after.sha
+${listRunnerSnapshots("$LAB/left.txt")}
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const res = backupResult(r.dir, "web01");
+    expect(res.exitCode, `${describeRun(r)}\n${readLines(r.dir, "run.log").join("\n")}`).toBe(0);
+    const expectedAtSnapshot = Buffer.concat([a, Buffer.alloc(192 * MiB)]);
+    const restored = decompress(res.diskFile("vda"));
+    expect(restored.length).toBe(256 * MiB);
+    expect(sha256(restored)).toBe(sha256(expectedAtSnapshot));
+    const after = Buffer.from(expectedAtSnapshot);
+    b.copy(after, 100 * MiB);
+    expect(readFileSync(join(r.dir, "after.sha"), "utf8").trim()).toBe(sha256(after));
+    // The writes happened while the snapshot lived and the stream ran.
+    const w = writerLog(r.dir);
+    expect(w.at(-1)![1]).toBe(16);
+    expect(w.at(-1)![0]).toBeLessThan(res.streamEndMs!);
+    expect(res.peakFillPercent).toBeGreaterThan(20);
+    expect(res.peakFillPercent).toBeLessThan(80);
+    expect(readLines(r.dir, "left.txt")).toEqual([]);
+    console.log(`lvm round trip (a): boot ${r.bootMs} ms, total ${r.totalMs} ms, peak fill ${res.peakFillPercent} %, snapshot window ${res.windowMs} ms`);
+    cleanRun(r);
+  });
+
+  it("(b) image files on ext4 and xfs on LVs: snapshots mounted read-only, files streamed, unmounted and removed", async () => {
+    const a = pseudoRandom(24 * MiB, 3);
+    const c = pseudoRandom(20 * MiB, 4);
+    const b = pseudoRandom(4 * MiB, 5);
+    const run = await backupCommand("db01");
+    const r = await runUml({
+      name: "lvm-rt-fs",
+      timeoutMs: 240_000,
+      files: { "a.bin": a, "b.bin": b, "c.bin": c },
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 256M -n images vg0
+lvcreate -q -y -L 320M -n xfsimages vg0
+mkfs.ext4 -q /dev/vg0/images
+mkfs.xfs -q /dev/vg0/xfsimages
+mkdir -p /tmp/images /tmp/xfs
+mount /dev/vg0/images /tmp/images
+mount /dev/vg0/xfsimages /tmp/xfs
+mkdir -p /tmp/images/vms
+cp $LAB/a.bin /tmp/images/vms/db01.raw
+cp $LAB/c.bin /tmp/xfs/db01-data.raw
+sync
+${configScript({ vm: "db01", disks: { vda: "/tmp/images/vms/db01.raw", vdb: "/tmp/xfs/db01-data.raw" }, snapshot: { size: "20%", pollInterval: "200ms" } })}
+${run} > $LAB/run.log 2>&1 &
+pid=$!
+${WAIT_FOR_SNAPSHOT}
+n=0; until [ "$(grep -c '/.kvm-backup/mnt/' /proc/self/mountinfo)" -ge 2 ]; do n=$((n+1)); [ $n -lt 120 ] || break; sleep 0.2; done
+grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-during.txt || true
+node ${WRITER} $LAB/b.bin /tmp/images/vms/db01.raw 8 4 8 $LAB/writer.log
+rc=0; wait $pid || rc=$?; echo $rc > $LAB/run.rc
+sha256sum /tmp/images/vms/db01.raw | cut -d' ' -f1 > $LAB/after.sha
+grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
+ls $LAB/staging/.kvm-backup/mnt/ > $LAB/mntdirs-after.txt 2>/dev/null || true
+${listRunnerSnapshots("$LAB/left.txt")}
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const res = backupResult(r.dir, "db01");
+    expect(res.exitCode, `${describeRun(r)}\n${readLines(r.dir, "run.log").join("\n")}`).toBe(0);
+    expect(sha256(decompress(res.diskFile("vda")))).toBe(sha256(a));
+    expect(sha256(decompress(res.diskFile("vdb")))).toBe(sha256(c));
+    const after = Buffer.from(a);
+    b.copy(after, 8 * MiB);
+    expect(readFileSync(join(r.dir, "after.sha"), "utf8").trim()).toBe(sha256(after));
+    // During the run: one read-only mount per filesystem snapshot, xfs with nouuid. After: none, no snapshot left.
+    const during = readLines(r.dir, "mounts-during.txt").join("\n");
+    expect(during).toMatch(/ ro[ ,].* - ext4 /);
+    expect(during).toMatch(/ ro[ ,].* - xfs .*nouuid/);
+    expect(readLines(r.dir, "mounts-after.txt")).toEqual([]);
+    expect(readLines(r.dir, "mntdirs-after.txt")).toEqual([]);
+    expect(readLines(r.dir, "left.txt")).toEqual([]);
+    console.log(`lvm round trip (b): boot ${r.bootMs} ms, total ${r.totalMs} ms, peak fill ${res.peakFillPercent} %`);
+    cleanRun(r);
+  });
+});

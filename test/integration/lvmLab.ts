@@ -1,0 +1,58 @@
+/**
+ * Shared setup of the LVM integration tests: what every UML script does first (a VG on /dev/ubda, one LV with
+ * known content), the host config in the explicit `disks` form, and the checks done on the host side.
+ */
+import { createCipheriv, createHash } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { hostConfig, type LvmLabConfig } from "../lab/umlRunner.ts";
+
+export const MiB = 1024 * 1024;
+
+/** Deterministic "random" content, so a failure can be reproduced byte for byte. */
+export function pseudoRandom(bytes: number, seed: number): Buffer {
+  const key = createHash("sha256").update(`kvm-backup lab ${seed}`).digest().subarray(0, 16);
+  return createCipheriv("aes-128-ctr", key, Buffer.alloc(16)).update(Buffer.alloc(bytes));
+}
+
+export function sha256(buf: Buffer): string {
+  return createHash("sha256").update(buf).digest("hex");
+}
+
+/** Writes config.json into $LAB with the staging directory inside the lab directory (same path on both sides). */
+export function configScript(c: Omit<LvmLabConfig, "staging">): string {
+  const json = JSON.stringify(hostConfig({ ...c, staging: "@STAGING@" }));
+  return `cat > $LAB/config.json <<'CFG'\n${json}\nCFG\nsed -i "s|@STAGING@|$LAB/staging|" $LAB/config.json\nmkdir -p $LAB/staging\n`;
+}
+
+export const VG_SCRIPT = `pvcreate -q /dev/ubda
+vgcreate -q vg0 /dev/ubda
+`;
+
+/** Prints the names of this runner's snapshots (one per line) into FILE. */
+export function listRunnerSnapshots(file: string): string {
+  return `lvs --noheadings -o lv_name vg0 | tr -d ' ' | grep '^kvmbk+' > ${file} || true\n`;
+}
+
+/** Shell: wait (max ~60 s) until a runner snapshot exists. */
+export const WAIT_FOR_SNAPSHOT = `n=0; until lvs --noheadings -o lv_name vg0 | grep -q kvmbk+; do n=$((n+1)); [ $n -lt 120 ] || { echo "no snapshot appeared"; exit 1; }; sleep 0.5; done
+date +%s%3N > $LAB/snapshot-seen
+`;
+
+export function decompress(file: string): Buffer {
+  return execFileSync("zstd", ["-d", "-c", "-q", file], { maxBuffer: 1024 * MiB });
+}
+
+export function readLines(dir: string, file: string): string[] {
+  try {
+    return readFileSync(join(dir, file), "utf8").split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+/** The paced writer's log: [epoch ms, MiB written so far]. */
+export function writerLog(dir: string, file = "writer.log"): [number, number][] {
+  return readLines(dir, file).map((l) => l.split(" ").map(Number) as [number, number]);
+}
