@@ -1,10 +1,11 @@
 /**
  * A command against a target must end, even when the target does not: a hung NFS server can leave a child in
- * uninterruptible sleep where even SIGKILL waits. execa's timeout kills the child; this adds a hard deadline on
- * top, after which the runner stops waiting for the child at all and reports the target as not answering.
+ * uninterruptible sleep where even SIGKILL waits, and a killed child's own children may keep its output pipes
+ * open. execa's timeout kills the child; this adds a hard deadline on top, after which the runner stops waiting
+ * for the child at all and reports the target as not answering.
  */
 import { run, type RunOptions, type RunResult } from "../exec.ts";
-import { TargetError, TargetTimeoutError, TargetUnreachableError } from "./target.ts";
+import { TargetError, TargetTimeoutError } from "./target.ts";
 
 /** Extra time after the timeout for the child to die from SIGTERM/SIGKILL before we give up waiting. */
 const GRACE_MS = 15_000;
@@ -19,7 +20,7 @@ export async function boundedRun(
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       reject(
-        new TargetUnreachableError(
+        new TargetTimeoutError(
           `target "${target}": \`${file}\` did not end ${Math.round((opts.timeoutMs + GRACE_MS) / 1000)} s after it was started, even after being killed; ` +
             "the target (mount or server) is hung; check it, the backup stays in staging and is shipped on the next run",
           target,
