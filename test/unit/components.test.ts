@@ -65,7 +65,7 @@ for (const stack of ["lab", "prod.example"] as const) {
       const r = await captureWithMocks({ projectDir, stack, bundlePath, now: NOW, overrides: SECRETS[stack] as unknown as Record<string, unknown> });
       resources = r.resources;
       outputs = r.outputs as Record<string, any>;
-    });
+    }, 60_000);
 
     it("registers no URN twice", () => {
       expect(resources.length).toBeGreaterThan(10);

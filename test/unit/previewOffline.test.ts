@@ -55,7 +55,7 @@ describe("npm run preview:offline -- lab", () => {
     expect(r.stdout).toContain('"runnerVersion": "(known after apply)"');
     expect(r.stdout).toContain('"timer": "kvm-backup-lab-nightly.timer"');
     expect(r.stdout).not.toContain(PLACEHOLDER_PREFIX);
-  });
+  }, 120_000);
 });
 
 describe("capturePreview", () => {
@@ -67,7 +67,7 @@ describe("capturePreview", () => {
 
   beforeAll(async () => {
     result = await capturePreview({ projectDir, stack: "lab", overrides, env: { KVM_BACKUP_BUNDLE: bundle } });
-  });
+  }, 120_000);
 
   it("runs the program the way the language host does", () => {
     expect(result.exitCode).toBe(0);
@@ -115,7 +115,7 @@ describe("capturePreview", () => {
     expect(failed.exitCode).not.toBe(0);
     expect(failed.logs.filter((l) => l.severity === "error").map((l) => l.message).join("\n")).toContain("does not exist: build it with `npm run build`");
     expect(failed.resources.map((r) => r.type)).toEqual(["pulumi:pulumi:Stack"]);
-  });
+  }, 120_000);
 
   it("duplicate URNs are detected", () => {
     expect(duplicateUrns([{ urn: "a" }, { urn: "b" }, { urn: "a" }])).toEqual(["a"]);

@@ -57,7 +57,7 @@ describe("kvm-backup validate", () => {
     expect(r.status).toBe(2);
     for (const [name, message] of cases) expect(r.stdout).toContain(`stacks/Pulumi.${name}.yaml: ${message}`);
     expect(r.stdout).not.toContain(": valid");
-  });
+  }, 60_000);
 
   it("a VM with two policies of different methods exits 2", () => {
     const name = "mixed";
