@@ -124,3 +124,21 @@ export function duplicateUrns(resources: Pick<CapturedResource, "urn">[]): strin
   for (const r of resources) (seen.has(r.urn) ? dups : seen).add(r.urn);
   return [...dups];
 }
+
+/**
+ * The custom resources in an order the engine could create them: each after every resource it depends on,
+ * otherwise in registration order. Deletes run in the reverse order. For replaying a capture.
+ */
+export function creationOrder(resources: CapturedResource[]): CapturedResource[] {
+  const custom = resources.filter((r) => r.custom && !r.type.startsWith("pulumi:providers:"));
+  const byUrn = new Map(custom.map((r) => [r.urn, r]));
+  const done = new Set<string>();
+  const order: CapturedResource[] = [];
+  while (order.length < custom.length) {
+    const next = custom.find((r) => !done.has(r.urn) && r.dependencies.every((d) => !byUrn.has(d) || done.has(d)));
+    if (!next) throw new Error(`dependency cycle among: ${custom.filter((r) => !done.has(r.urn)).map((r) => r.urn).join(", ")}`);
+    done.add(next.urn);
+    order.push(next);
+  }
+  return order;
+}

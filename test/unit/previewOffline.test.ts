@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { duplicateUrns } from "../../scripts/preview-offline/capture.ts";
+import { creationOrder, duplicateUrns } from "../../scripts/preview-offline/capture.ts";
 import { capturePreview, type PreviewResult } from "../../scripts/preview-offline/preview.ts";
 import { PLACEHOLDER_PREFIX } from "../../scripts/preview-offline/stackConfig.ts";
 
@@ -116,6 +116,14 @@ describe("capturePreview", () => {
     expect(failed.logs.filter((l) => l.severity === "error").map((l) => l.message).join("\n")).toContain("does not exist: build it with `npm run build`");
     expect(failed.resources.map((r) => r.type)).toEqual(["pulumi:pulumi:Stack"]);
   }, 120_000);
+
+  it("orders the commands for a replay: release, bundle, preflight first, units last", () => {
+    const names = creationOrder(result.resources).map((r) => r.name);
+    expect(names.slice(0, 3)).toEqual(["lab/release", "lab/bundle", "lab/preflight"]);
+    expect(names.at(-1)).toBe("lab/lab-nightly/units");
+    expect(names.indexOf("lab/config")).toBeGreaterThan(Math.max(names.indexOf("lab/runner"), names.indexOf("lab/lab-ssh/key"), names.indexOf("lab/staging/dir")));
+    expect(names).toHaveLength(8);
+  });
 
   it("duplicate URNs are detected", () => {
     expect(duplicateUrns([{ urn: "a" }, { urn: "b" }, { urn: "a" }])).toEqual(["a"]);
