@@ -107,6 +107,7 @@ export class FillGuard implements SnapshotGuard {
       const lv = lvs.find((l) => l.vg === s.vg && l.name === s.name);
       if (!lv) return new SnapshotOverflowError(`snapshot ${s.vg}/${s.name} disappeared while the backup read it`, { fillPercent: this.peak ?? 0, snapshot: s.name, kind: "gone" });
       if (lv.fillPercent !== null) this.peak = Math.max(this.peak ?? 0, lv.fillPercent);
+      log.debug("lvm.guard.reading", `snapshot ${s.vg}/${s.name} is ${lv.fillPercent ?? "?"} % full`, { snapshot: s.name, fillPercent: lv.fillPercent, attr: lv.attr });
       const vg = (vgs ??= lv.fillPercent !== null && lv.fillPercent >= maxFillPercent ? await deps.listVgs() : []).find((g) => g.name === s.vg);
       const decision = decideFill(lv, maxFillPercent, s.plan, vg?.freeBytes ?? 0, s.extentBytes);
       if (decision.kind === "extend") {
@@ -162,10 +163,12 @@ export class FillGuard implements SnapshotGuard {
     return { peakFillPercent: this.peak };
   }
 
-  /** Stops without the final check (cleanup after a failure). */
-  async halt(): Promise<void> {
+  /**
+   * Stops without the final check (cleanup after a failure). Does not wait for a reading in flight: after an
+   * abort every moment until the snapshot is removed counts, and its result is ignored once stopped.
+   */
+  halt(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.running?.catch(() => undefined);
   }
 }

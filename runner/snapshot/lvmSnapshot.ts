@@ -325,7 +325,7 @@ export class LvmSnapshotBackend implements SnapshotBackend {
         async remove() {
           if (removed) return;
           removed = true;
-          await (guard as FillGuard | null)?.halt();
+          (guard as FillGuard | null)?.halt();
           await cleanup();
         },
       };

@@ -18,8 +18,8 @@ export interface BackupResult {
 }
 
 /** Shell command line (inside UML) that backs up `vm` with $LAB/config.json; RESULT names the result file. */
-export async function backupCommand(vm: string, result = "result.json"): Promise<string> {
-  return `node ${await driverBundle()} $LAB/config.json ${vm} $LAB/${result}`;
+export async function backupCommand(vm: string, result = "result.json", config = "config.json"): Promise<string> {
+  return `node ${await driverBundle()} $LAB/${config} ${vm} $LAB/${result}`;
 }
 
 export function backupResult(dir: string, _vm: string, result = "result.json"): BackupResult {

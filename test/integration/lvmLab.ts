@@ -21,9 +21,9 @@ export function sha256(buf: Buffer): string {
 }
 
 /** Writes config.json into $LAB with the staging directory inside the lab directory (same path on both sides). */
-export function configScript(c: Omit<LvmLabConfig, "staging">): string {
+export function configScript(c: Omit<LvmLabConfig, "staging">, file = "config.json"): string {
   const json = JSON.stringify(hostConfig({ ...c, staging: "@STAGING@" }));
-  return `cat > $LAB/config.json <<'CFG'\n${json}\nCFG\nsed -i "s|@STAGING@|$LAB/staging|" $LAB/config.json\nmkdir -p $LAB/staging\n`;
+  return `cat > $LAB/${file} <<'CFG'\n${json}\nCFG\nsed -i "s|@STAGING@|$LAB/staging|" $LAB/${file}\nmkdir -p $LAB/staging\n`;
 }
 
 export const VG_SCRIPT = `pvcreate -q /dev/ubda

@@ -46,7 +46,8 @@ try {
       event("stream-start", { disk: d.name });
       // zstd ignores block devices given by name; read them on stdin like the pipeline does.
       const input = openSync(d.readPath, "r");
-      child = spawn("zstd", ["-q", "-c", "-1"], { stdio: [input, "pipe", "pipe"] });
+      // Like the pipeline's limits.nice: the compressor must not starve the runner's own fill guard of CPU.
+      child = spawn("nice", ["-n", String(ctx.policy.limits.nice), "zstd", "-q", "-c", "-1"], { stdio: [input, "pipe", "pipe"] });
       child.on("spawn", () => closeSync(input));
       child.stdout!.pipe(createWriteStream(join(partial, `${d.name}.raw.zst`)));
       let stderr = "";

@@ -1,0 +1,103 @@
+/**
+ * The overflow guard on real LVM in UML: a guest writes faster than the stream can finish; the run must stop at
+ * maxFillPercent, before the snapshot reaches 100 %, and leave no snapshot and no partial output. And when a
+ * snapshot does overflow (the guard is made blind with a long poll interval), the backup fails: a read error of
+ * the compressor is never taken for the end of the disk.
+ */
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
+import { configScript, listRunnerSnapshots, MiB, pseudoRandom, readLines, VG_SCRIPT, WAIT_FOR_SNAPSHOT, writerLog } from "./lvmLab.ts";
+import { backupCommand, backupResult } from "./lvmBackup.ts";
+
+const WRITER = new URL("../lab/pacedWriter.mjs", import.meta.url).pathname;
+
+function partials(dir: string, vm: string): string[] {
+  const d = join(dir, "staging", vm);
+  return existsSync(d) ? readdirSync(d).filter((n) => n.endsWith(".partial")) : [];
+}
+
+describe("lvm overflow guard (UML)", () => {
+  it("aborts at maxFillPercent before the snapshot fills, removes it and the partial output", async () => {
+    // In UML every exec costs ~0.5 s (lvs ~1 s, lvremove ~1-2 s), so the margin above the limit must cover
+    // ~4 s of writes: 16 MiB snapshot, limit 60 %, writer 1 MiB/s leaves 6.4 MiB = 6.4 s.
+    const SNAP_MIB = 16;
+    const LIMIT = 60;
+    const run = await backupCommand("web01");
+    const r = await runUml({
+      name: "lvm-guard",
+      timeoutMs: 240_000,
+      files: { "b.bin": pseudoRandom(24 * MiB, 7) },
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 768M -n web01 vg0
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: `${SNAP_MIB}MiB`, maxFillPercent: LIMIT, pollInterval: "200ms" } })}
+KVM_BACKUP_DEBUG=1 ${run} > $LAB/run.log 2>&1 &
+pid=$!
+${WAIT_FOR_SNAPSHOT}
+# 24 MiB at 1 MiB/s into a 16 MiB snapshot: without the guard it overflows after about 16 s.
+node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 24 1 $LAB/writer.log &
+wpid=$!
+rc=0; wait $pid || rc=$?; echo $rc > $LAB/run.rc
+wait $wpid
+dmesg | grep -i -E 'invalidat|snapshot.*full' > $LAB/dmesg-overflow.txt || true
+${listRunnerSnapshots("$LAB/left.txt")}
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const res = backupResult(r.dir, "web01");
+    const log = readLines(r.dir, "run.log").join("\n");
+    expect(res.exitCode, `${describeRun(r)}\n${log}`).toBe(1);
+    expect(res.error).toMatch(/snapshot vg0\/kvmbk\+web01\+\S+ reached \d+\.\d+ % of 16\.0 MiB \(limit snapshot\.maxFillPercent 60 %\)/);
+    const abort = res.events.find((e) => e.name === "guard-abort")!;
+    expect(abort, JSON.stringify(res.events)).toBeDefined();
+    const fill = abort.fillPercent as number;
+    expect(fill).toBeGreaterThanOrEqual(LIMIT);
+    expect(fill).toBeLessThan(100);
+    // The kernel never invalidated a snapshot, none is left, and nothing partial stays in staging.
+    expect(readLines(r.dir, "dmesg-overflow.txt")).toEqual([]);
+    expect(readLines(r.dir, "left.txt")).toEqual([]);
+    expect(partials(r.dir, "web01")).toEqual([]);
+    // Reaction: from the moment the writer had put 80 % of the snapshot's size into the origin to the abort,
+    // and from the abort to the snapshot's removal.
+    const w = writerLog(r.dir);
+    const crossing = w.find(([, mib]) => mib >= (LIMIT / 100) * SNAP_MIB)?.[0];
+    const removed = res.events.find((e) => e.name === "snapshot-removed")!.t;
+    console.log(
+      `lvm guard: abort at ${fill} % (peak ${fill} %), ${crossing ? abort.t - crossing : "?"} ms after the writer crossed ${LIMIT} %, snapshot removed ${removed - abort.t} ms after the abort; boot ${r.bootMs} ms, total ${r.totalMs} ms`,
+    );
+    cleanRun(r);
+  });
+
+  it("a snapshot that overflowed anyway (guard blinded) fails the backup: zstd read error 37, never a short backup", async () => {
+    const run = await backupCommand("web01");
+    const r = await runUml({
+      name: "lvm-invalid",
+      timeoutMs: 240_000,
+      files: { "b.bin": pseudoRandom(40 * MiB, 8) },
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 768M -n web01 vg0
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "16MiB", maxFillPercent: 80, pollInterval: "5min" } })}
+${run} > $LAB/run.log 2>&1 &
+pid=$!
+${WAIT_FOR_SNAPSHOT}
+dd if=$LAB/b.bin of=/dev/vg0/web01 bs=1M oflag=direct status=none
+rc=0; wait $pid || rc=$?; echo $rc > $LAB/run.rc
+dmesg | grep -i 'invalidating snapshot' > $LAB/dmesg-overflow.txt || true
+${listRunnerSnapshots("$LAB/left.txt")}
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const res = backupResult(r.dir, "web01");
+    const log = readLines(r.dir, "run.log").join("\n");
+    // The kernel did invalidate the snapshot (what lvs shows as attr swi-I-s--- at 100 %, see the unit fixtures).
+    expect(readLines(r.dir, "dmesg-overflow.txt").join("\n"), describeRun(r)).toMatch(/Invalidating snapshot/);
+    expect(res.exitCode, `${describeRun(r)}\n${log}`).toBe(1);
+    const streamEnd = res.events.find((e) => e.name === "stream-end");
+    expect(streamEnd?.code).toBe(37);
+    expect(res.error).toMatch(/zstd exited 37/);
+    expect(readLines(r.dir, "left.txt")).toEqual([]);
+    expect(partials(r.dir, "web01")).toEqual([]);
+    cleanRun(r);
+  });
+});
