@@ -9,7 +9,7 @@ import { basename, join } from "node:path";
 import { beforeAll, describe, expect, inject, it } from "vitest";
 import { acquireLock } from "../../runner/lock.ts";
 import { freePort } from "../lab/sshdLab.ts";
-import { checkAgainstManifests, inventory, makeStagedBackup, runCli, writeHostConfig } from "../lab/shipFixtures.ts";
+import { checkAgainstManifests, inventory, logEvents, makeStagedBackup, runCli, writeHostConfig } from "../lab/shipFixtures.ts";
 
 const sshd = inject("sshd");
 const VM = "web01";
@@ -21,7 +21,7 @@ beforeAll(() => {
 
 const IDS = ["20261101T020000Z", "20261108T020000Z", "20261120T020000Z", "20261125T020000Z", "20261126T020000Z", "20261126T140000Z", "20261127T020000Z"];
 
-function env(name: string, opts: { targets?: string[]; retention?: Record<string, number>; sshPort?: number } = {}) {
+function env(name: string, opts: { targets?: string[]; retention?: Record<string, number>; sshPort?: number; ids?: string[] } = {}) {
   const root = mkdtempSync(`/tmp/kvmb-${name}-`);
   const staging = join(root, "staging");
   const mnt = join(root, "mnt");
@@ -39,7 +39,7 @@ function env(name: string, opts: { targets?: string[]; retention?: Record<string
     policies: { nightly: { method: "libvirt", schedule: "daily", retention: opts.retention ?? { keepDaily: 3, keepWeekly: 2 }, targets: opts.targets ?? ["mnt"] } },
     vms: { [VM]: { policy: "nightly" } },
   });
-  for (const id of IDS) makeStagedBackup({ staging, vm: VM, id, policy: "nightly", size: 64 * 1024 });
+  for (const id of opts.ids ?? IDS) makeStagedBackup({ staging, vm: VM, id, policy: "nightly", size: 64 * 1024 });
   return { root, staging, config, stagedVm: join(staging, VM), mntVm: join(mnt, "lab", VM), remoteVm: join(remote, "lab", VM) };
 }
 
@@ -141,7 +141,8 @@ describe("prune", () => {
   });
 
   it("a target never loses its newest verified backup: a damaged newest one does not count", async () => {
-    const e = env("newest", { targets: ["nas"], retention: { keepLast: 1 } });
+    const ids = ["20261125T020000Z", "20261126T140000Z", "20261127T020000Z"];
+    const e = env("newest", { targets: ["nas"], retention: { keepLast: 1 }, ids });
     // Ship everything, then damage the newest copy on the target and let verify-target find it.
     expect((await runCli(e.config, ["ship"])).code).toBe(0);
     const newest = join(e.remoteVm, "20261127T020000Z", "vda.raw.zst");
@@ -157,10 +158,10 @@ describe("prune", () => {
       ["nas", "20261127T020000Z", "keep", "kept: last 1 (policy nightly)"],
       ["nas", "20261126T140000Z", "keep", "kept: newest verified backup on this target (removed: not selected by any rule (policy nightly))"],
     ]);
-    expect(onNas.slice(2).every(([, , action]) => action === "remove")).toBe(true);
+    expect(onNas.slice(2)).toEqual([["nas", "20261125T020000Z", "remove", "removed: not selected by any rule (policy nightly)"]]);
     expect(Object.keys(inventory(e.remoteVm))).toEqual(["20261126T140000Z", "20261127T020000Z"]);
     // --target prunes only that target: staging is untouched.
-    expect(Object.keys(inventory(e.stagedVm))).toEqual(IDS);
+    expect(Object.keys(inventory(e.stagedVm))).toEqual(ids);
   });
 
   it("removes leftovers (old partials, trash) and never touches a directory without manifest.json", async () => {
@@ -187,5 +188,40 @@ describe("prune", () => {
     expect(readdirSync(e.stagedVm).filter((n) => !IDS.includes(n))).toEqual(["20261130T020000Z.partial"]);
     expect(readdirSync(e.mntVm).filter((n) => !IDS.includes(n)).sort()).toEqual([".incoming-20261130T020000Z", "20261111T020000Z"]);
     expect(Object.keys(inventory(e.mntVm))).toEqual(IDS);
+  });
+
+  it("protect works for a backup that only a target still holds, and --remove lifts it", async () => {
+    const e = env("protect", { retention: { keepLast: 1 } });
+    expect((await runCli(e.config, ["ship"])).code).toBe(0);
+    expect((await runCli(e.config, ["prune", "--staging-only"], UTC)).code).toBe(0);
+    expect(existsSync(join(e.stagedVm, "20261108T020000Z"))).toBe(false);
+
+    const ambiguous = await runCli(e.config, ["protect", "20261108T020000Z"]);
+    expect(ambiguous.code).toBe(2);
+    expect(ambiguous.stderr).toMatch(/no backup 20261108T020000Z in staging; if it is only on a target, name its VM/);
+    const on = await runCli(e.config, ["protect", "--vm", VM, "20261108T020000Z"]);
+    expect(on.code, on.stderr).toBe(0);
+    expect(on.stdout).toBe("web01/20261108T020000Z: protected (not in staging; applies on the targets that hold it)\n");
+
+    const kept = await runCli(e.config, ["prune", "--target", "mnt"], UTC);
+    expect(decisions(kept.stdout).find(([, id]) => id === "20261108T020000Z")).toEqual(["mnt", "20261108T020000Z", "keep", "kept: protected (policy nightly)"]);
+    expect(Object.keys(inventory(e.mntVm))).toEqual(["20261108T020000Z", "20261127T020000Z"]);
+
+    expect((await runCli(e.config, ["protect", "--vm", VM, "--remove", "20261108T020000Z"])).stdout).toBe(
+      "web01/20261108T020000Z: no longer protected (not in staging; applies on the targets that hold it)\n",
+    );
+    const gone = await runCli(e.config, ["prune", "--target", "mnt"], UTC);
+    expect(decisions(gone.stdout).find(([, id]) => id === "20261108T020000Z")).toEqual(["mnt", "20261108T020000Z", "remove", "removed: not selected by any rule (policy nightly)"]);
+    expect(Object.keys(inventory(e.mntVm))).toEqual(["20261127T020000Z"]);
+  });
+
+  it("refuses a bad id or VM for protect with a usage error", async () => {
+    const e = env("protectbad");
+    const bad = await runCli(e.config, ["protect", "latest"]);
+    expect(bad.code).toBe(2);
+    expect(logEvents(bad.stderr).map((l) => l.msg)).toContainEqual(expect.stringMatching(/^"latest" is not a backup id/));
+    const vm = await runCli(e.config, ["protect", "--vm", "nope", "20261127T020000Z"]);
+    expect(vm.code).toBe(2);
+    expect(logEvents(vm.stderr).map((l) => l.msg)).toContainEqual(expect.stringMatching(/^unknown VM "nope"/));
   });
 });
