@@ -196,3 +196,29 @@ describe("formatTargetStatus", () => {
     expect(formatTargetStatus([])).toBe("targets: none configured\n");
   });
 });
+
+describe("state.json", () => {
+  it("a missing or unreadable state means nothing shipped; writes are whole-file and read back", async () => {
+    const { mkdtempSync, writeFileSync, readdirSync, rmSync } = await import("node:fs");
+    const { readState, writeState, updateState, isShippedTo, targetState } = await import("../../runner/backupState.ts");
+    const dir = mkdtempSync("/tmp/kvmb-unit-state-");
+    try {
+      expect(readState(dir)).toEqual({ stateVersion: 1, protected: false, targets: {} });
+      writeFileSync(`${dir}/state.json`, "{ half");
+      expect(readState(dir)).toEqual({ stateVersion: 1, protected: false, targets: {} });
+      updateState(dir, (s) => {
+        targetState(s, "nas").shippedAt = "2026-11-28T03:00:00.000Z";
+      });
+      // shipped but not (yet) verified does not count
+      expect(isShippedTo(readState(dir), "nas")).toBe(false);
+      updateState(dir, (s) => void (targetState(s, "nas").verified = true));
+      expect(isShippedTo(readState(dir), "nas")).toBe(true);
+      expect(isShippedTo(readState(dir), "usb")).toBe(false);
+      writeState(dir, { ...readState(dir), protected: true });
+      expect(readState(dir).protected).toBe(true);
+      expect(readdirSync(dir)).toEqual(["state.json"]); // no temp files left behind
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+});
