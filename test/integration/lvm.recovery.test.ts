@@ -1,0 +1,87 @@
+/**
+ * Crash recovery and preflight on real LVM in UML: kill -9 during the stream leaves a snapshot (and, for a
+ * filesystem snapshot, a mount) that the next run removes first, without touching snapshots it did not make; a
+ * volume group without room for the snapshot, and a disk that is not on LVM, fail the preflight (exit 3) before
+ * anything is created.
+ */
+import { describe, expect, it } from "vitest";
+import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
+import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT } from "./lvmLab.ts";
+import { backupCommand, backupResult } from "./lvmBackup.ts";
+
+describe("lvm recovery and preflight (UML)", () => {
+  it("kill -9 mid-stream: the next run unmounts and removes the orphan snapshots first, leaves foreign ones, and backs up", async () => {
+    const a = pseudoRandom(32 * MiB, 11);
+    const first = await backupCommand("web01", "first.json");
+    const second = await backupCommand("web01", "second.json");
+    const r = await runUml({
+      name: "lvm-kill",
+      timeoutMs: 240_000,
+      files: { "a.bin": a },
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 384M -n web01 vg0
+lvcreate -q -y -L 64M -n images vg0
+mkfs.ext4 -q /dev/vg0/images
+mkdir -p /tmp/images && mount /dev/vg0/images /tmp/images
+cp $LAB/a.bin /tmp/images/data.raw && sync
+# Snapshots this run must never touch: someone else's, and one of another VM whose name starts the same.
+lvcreate -q -y -s -L 8M -n kvmbk-manual vg0/web01
+lvcreate -q -y -s -L 8M -n 'kvmbk+web01.old+20261128T010000Z+web01' vg0/web01
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01", vdb: "/tmp/images/data.raw" }, snapshot: { size: "48MiB", pollInterval: "200ms" } })}
+${first} > $LAB/first.log 2>&1 &
+pid=$!
+${WAIT_FOR_SNAPSHOT}
+n=0; until grep -q '/.kvm-backup/mnt/' /proc/self/mountinfo; do n=$((n+1)); [ $n -lt 200 ] || break; sleep 0.2; done
+sleep 1
+kill -9 $pid
+wait $pid || true
+${listRunnerSnapshots("$LAB/orphans.txt")}
+grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/orphan-mounts.txt || true
+${second} > $LAB/second.log 2>&1 || echo "second run failed: $?"
+${listRunnerSnapshots("$LAB/left.txt")}
+grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const orphans = readLines(r.dir, "orphans.txt");
+    expect(orphans.filter((n) => n.startsWith("kvmbk+web01+2")), describeRun(r)).toHaveLength(2);
+    expect(readLines(r.dir, "orphan-mounts.txt")).toHaveLength(1);
+    const res = backupResult(r.dir, "web01", "second.json");
+    expect(res.exitCode, `${describeRun(r)}\n${readLines(r.dir, "second.log").join("\n")}`).toBe(0);
+    expect(res.recovered.filter((m) => /removed the leftover snapshot vg0\/kvmbk\+web01\+2/.test(m))).toHaveLength(2);
+    expect(res.recovered.some((m) => /unmounted the leftover snapshot mount/.test(m))).toBe(true);
+    expect(sha256(decompress(res.diskFile("vdb")))).toBe(sha256(a));
+    // Only the foreign snapshots remain.
+    expect(readLines(r.dir, "left.txt")).toEqual(["kvmbk+web01.old+20261128T010000Z+web01"]);
+    expect(readLines(r.dir, "mounts-after.txt")).toEqual([]);
+    cleanRun(r);
+  });
+
+  it("too little free space in the VG, or a disk not on LVM, fails the preflight (exit 3) and creates nothing", async () => {
+    const full = await backupCommand("web01", "full.json");
+    const notLvm = await backupCommand("web01", "notlvm.json", "config-notlvm.json");
+    const r = await runUml({
+      name: "lvm-preflight",
+      timeoutMs: 180_000,
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 900M -n web01 vg0
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "20%" } })}
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01", vdb: "/tmp/scratch.raw" }, snapshot: { size: "8MiB" } }, "config-notlvm.json")}
+truncate -s 16M /tmp/scratch.raw
+vgs --noheadings --units m -o vg_free vg0 > $LAB/free.txt
+${full} > $LAB/full.log 2>&1 || echo $? > $LAB/full.rc
+${notLvm} > $LAB/notlvm.log 2>&1 || echo $? > $LAB/notlvm.rc
+lvs --noheadings -o lv_name vg0 | tr -d ' ' > $LAB/lvs-after.txt
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const fullRes = backupResult(r.dir, "web01", "full.json");
+    expect(readLines(r.dir, "full.rc"), describeRun(r)).toEqual(["3"]);
+    expect(fullRes.error).toMatch(/^volume group vg0 has 1[12][0-9] MiB free, but the snapshots of web01 \(900 MiB\) need 180 MiB \(snapshot\.size "20%"\); free space in vg0/);
+    const notLvmRes = backupResult(r.dir, "web01", "notlvm.json");
+    expect(readLines(r.dir, "notlvm.rc")).toEqual(["3"]);
+    expect(notLvmRes.error).toMatch(/disk vdb \(\/tmp\/scratch\.raw\) is an image file on tmpfs .* which is not a logical volume; back this VM up with the libvirt method/);
+    expect(readLines(r.dir, "lvs-after.txt")).toEqual(["web01"]);
+    cleanRun(r);
+  });
+});
