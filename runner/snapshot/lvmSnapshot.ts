@@ -15,7 +15,7 @@ import type { LvmPolicy } from "../config/schema.ts";
 import { PreflightError, KvmBackupError } from "../errors.ts";
 import { run } from "../exec.ts";
 import { diskFormatsFromDomainXml, parseDomblklistDetails } from "../lvm/domblklist.ts";
-import { FillGuard, type GuardedSnapshot } from "../lvm/fillGuard.ts";
+import { FillGuard } from "../lvm/fillGuard.ts";
 import { agentAnswers, freezeGuest, thawLeftFrozen, type FrozenGuest } from "../lvm/guestFreeze.ts";
 import { probeImage } from "../lvm/imageProbe.ts";
 import { discoverLayout, NotOnLvmError, splitDeviceNumber, type SourceFacts } from "../lvm/layout.ts";
@@ -240,7 +240,9 @@ export class LvmSnapshotBackend implements SnapshotBackend {
     const mounted: string[] = [];
     let quiesced = false;
     let createdAt = new Date();
+    let guard: FillGuard | null = null;
     const cleanup = async () => {
+      guard?.halt();
       const errors: string[] = [];
       for (const dir of mounted.splice(0)) {
         try {
@@ -287,6 +289,23 @@ export class LvmSnapshotBackend implements SnapshotBackend {
         snapshots: created.map((o) => ({ name: `${o.lv.vg}/${o.snapshotName}`, bytes: o.sizeBytes })),
         quiesced,
       });
+      // The watch starts with the snapshots, not when the pipeline asks for it: mounting (journal replay) and any
+      // delay before the stream already fill them. An abort before the pipeline subscribed is delivered on subscribe.
+      let listener: ((reason: Error) => void) | null = null;
+      let pending: Error | null = null;
+      guard = new FillGuard(
+        {
+          snapshots: plan.origins.map((o) => ({ vg: o.lv.vg, name: o.snapshotName, plan: o.extend, extentBytes: o.extentBytes })),
+          maxFillPercent: policy.snapshot.maxFillPercent,
+          pollMs: Math.max(50, parseDuration(policy.snapshot.pollInterval) * 1000),
+          log,
+          deps: { listLvs: (names) => listLogicalVolumes(names, 10_000), listVgs: listVolumeGroups, extend: extendSnapshot },
+        },
+        (reason) => {
+          pending = reason;
+          listener?.(reason);
+        },
+      ).start();
       const frozenDisks: FrozenDisk[] = [];
       for (const o of plan.origins) {
         const device = `/dev/${o.lv.vg}/${o.snapshotName}`;
@@ -301,8 +320,7 @@ export class LvmSnapshotBackend implements SnapshotBackend {
       }
       // Keep the order the caller gave.
       frozenDisks.sort((a, b) => disks.findIndex((d) => d.name === a.name) - disks.findIndex((d) => d.name === b.name));
-      const guarded: GuardedSnapshot[] = plan.origins.map((o) => ({ vg: o.lv.vg, name: o.snapshotName, plan: o.extend, extentBytes: o.extentBytes }));
-      let guard: FillGuard | null = null;
+      const watching = guard;
       let removed = false;
       return {
         kind: "lvm",
@@ -310,22 +328,13 @@ export class LvmSnapshotBackend implements SnapshotBackend {
         quiesced,
         createdAt,
         guard(abort) {
-          guard = new FillGuard(
-            {
-              snapshots: guarded,
-              maxFillPercent: policy.snapshot.maxFillPercent,
-              pollMs: Math.max(50, parseDuration(policy.snapshot.pollInterval) * 1000),
-              log,
-              deps: { listLvs: (names) => listLogicalVolumes(names, 10_000), listVgs: listVolumeGroups, extend: extendSnapshot },
-            },
-            abort,
-          ).start();
-          return guard;
+          listener = abort;
+          if (pending) abort(pending);
+          return watching;
         },
         async remove() {
           if (removed) return;
           removed = true;
-          (guard as FillGuard | null)?.halt();
           await cleanup();
         },
       };
