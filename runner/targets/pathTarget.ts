@@ -15,8 +15,10 @@ import { type TargetContext, TargetFullError, TargetSetupError, TargetTimeoutErr
 
 type PathConfig = Extract<HostTarget, { type: "path" }>;
 
-/** How long a healthy mount may take to answer a stat. */
-export const MOUNT_CHECK_TIMEOUT_MS = 10_000;
+/** How long a healthy mount may take to answer a stat: 10 s, less for a target with a short timeout. */
+export function mountCheckTimeoutMs(targetTimeoutMs: number): number {
+  return Math.min(10_000, Math.max(2_000, Math.round(targetTimeoutMs / 4)));
+}
 
 export class PathTarget extends ShellTarget {
   readonly kind = "path" as const;
@@ -30,11 +32,11 @@ export class PathTarget extends ShellTarget {
   async check(): Promise<void> {
     let res: RunResult;
     try {
-      res = await boundedRun(this.name, "stat", ["-L", "-c", "%F", "--", this.cfg.path], { timeoutMs: Math.min(MOUNT_CHECK_TIMEOUT_MS, this.timeoutMs), allowFailure: true });
+      res = await boundedRun(this.name, "stat", ["-L", "-c", "%F", "--", this.cfg.path], { timeoutMs: mountCheckTimeoutMs(this.timeoutMs), allowFailure: true });
     } catch (e) {
       if (e instanceof TargetTimeoutError) {
         throw new TargetTimeoutError(
-          `target "${this.name}" (${this.where}): the mount did not answer a stat within ${MOUNT_CHECK_TIMEOUT_MS / 1000} s (hung NFS server?); check the server and the mount, the backup is retried on the next run`,
+          `target "${this.name}" (${this.where}): the mount did not answer a stat within ${mountCheckTimeoutMs(this.timeoutMs) / 1000} s (hung NFS server?); check the server and the mount, the backup is retried on the next run`,
           this.name,
         );
       }

@@ -192,6 +192,8 @@ export async function startSshdLab(): Promise<{ info: SshdLabInfo; stop: () => P
       "PubkeyAuthentication yes",
       "PermitRootLogin prohibit-password",
       "MaxStartups 100",
+      // For the sshfs mount that plays a hung network filesystem (a path target whose server freezes).
+      "Subsystem sftp internal-sftp",
       "LogLevel VERBOSE",
       "",
     ].join("\n"),
