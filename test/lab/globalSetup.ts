@@ -5,6 +5,7 @@
  */
 import type { TestProject } from "vitest/node";
 import { startSshdLab } from "./sshdLab.ts";
+import { startLibvirtLab } from "./libvirtLab.ts";
 
 type Stop = () => Promise<void>;
 
@@ -26,6 +27,9 @@ export default async function setup(project: TestProject): Promise<Stop> {
     const sshd = await startSshdLab();
     stops.push(sshd.stop);
     project.provide("sshd", sshd.info);
+    const libvirt = await startLibvirtLab();
+    stops.push(libvirt.stop);
+    project.provide("libvirt", libvirt.info);
   } catch (e) {
     await teardown();
     throw e;
