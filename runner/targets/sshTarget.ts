@@ -226,8 +226,17 @@ export class SshTarget extends ShellTarget {
     if (/No space left on device|Disk quota exceeded/i.test(res.stderr)) {
       throw new TargetFullError(`target "${this.name}" (${this.where}): no space left on the target while copying into ${destDir}; free space there or adjust retention, the backup is retried on the next run`, this.name);
     }
-    if (/Host key verification failed|REMOTE HOST IDENTIFICATION|Permission denied|Connection refused|Connection timed out|Timeout, server|Connection reset|Broken pipe|connection unexpectedly closed/i.test(res.stderr) || res.exitCode === 255 || res.exitCode === 12 || res.exitCode === 30) {
-      throw this.sshFailure(res.stderr, res.exitCode === 30);
+    if (/Host key verification failed|REMOTE HOST IDENTIFICATION|Permission denied|Connection refused|Connection timed out/i.test(res.stderr)) {
+      throw this.sshFailure(res.stderr, false);
+    }
+    if (/Timeout, server|Connection reset|Broken pipe|connection unexpectedly closed/i.test(res.stderr) || res.exitCode === 255 || res.exitCode === 12 || res.exitCode === 30) {
+      const alive = aliveIntervalSeconds(this.timeoutMs) * ALIVE_COUNT_MAX;
+      const text = res.stderr.trim().split("\n").filter((l) => l.trim() !== "").slice(-2).join(" / ");
+      throw new TargetUnreachableError(
+        `target "${this.name}" (${this.where}): the connection broke during the transfer (the server went away, or stopped answering for ${alive} s); ` +
+          `the partial copy is kept and resumed on the next run (rsync: ${text})`,
+        this.name,
+      );
     }
     this.fail("rsync", res);
   }
