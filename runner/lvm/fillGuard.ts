@@ -83,8 +83,9 @@ export class FillGuard implements SnapshotGuard {
     return this.peak;
   }
 
+  /** The first reading comes one interval after creation: a snapshot is empty when it is made. */
   start(): this {
-    this.schedule(0);
+    this.schedule(this.opts.pollMs);
     return this;
   }
 

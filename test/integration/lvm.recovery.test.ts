@@ -7,13 +7,13 @@
 import { describe, expect, it } from "vitest";
 import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
 import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT } from "./lvmLab.ts";
-import { backupCommand, backupResult } from "./lvmBackup.ts";
+import { backupResult, backupRun } from "./lvmBackup.ts";
 
 describe("lvm recovery and preflight (UML)", () => {
   it("kill -9 mid-stream: the next run unmounts and removes the orphan snapshots first, leaves foreign ones, and backs up", async () => {
     const a = pseudoRandom(32 * MiB, 11);
-    const first = await backupCommand("web01", "first.json");
-    const second = await backupCommand("web01", "second.json");
+    const first = await backupRun("web01", "first");
+    const second = await backupRun("web01", "second");
     const r = await runUml({
       name: "lvm-kill",
       timeoutMs: 240_000,
@@ -28,17 +28,14 @@ cp $LAB/a.bin /tmp/images/data.raw && sync
 lvcreate -q -y -s -L 8M -n kvmbk-manual vg0/web01
 lvcreate -q -y -s -L 8M -n 'kvmbk+web01.old+20261128T010000Z+web01' vg0/web01
 ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01", vdb: "/tmp/images/data.raw" }, snapshot: { size: "48MiB", pollInterval: "200ms" } })}
-${first} > $LAB/first.log 2>&1 &
-pid=$!
-${WAIT_FOR_SNAPSHOT}
+${first.background}${WAIT_FOR_SNAPSHOT}
 n=0; until grep -q '/.kvm-backup/mnt/' /proc/self/mountinfo; do n=$((n+1)); [ $n -lt 200 ] || break; sleep 0.2; done
 sleep 1
 kill -9 $pid
 wait $pid || true
 ${listRunnerSnapshots("$LAB/orphans.txt")}
 grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/orphan-mounts.txt || true
-${second} > $LAB/second.log 2>&1 || echo "second run failed: $?"
-${listRunnerSnapshots("$LAB/left.txt")}
+${second.foreground}${listRunnerSnapshots("$LAB/left.txt")}
 grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
 `,
     });
@@ -46,8 +43,8 @@ grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
     const orphans = readLines(r.dir, "orphans.txt");
     expect(orphans.filter((n) => n.startsWith("kvmbk+web01+2")), describeRun(r)).toHaveLength(2);
     expect(readLines(r.dir, "orphan-mounts.txt")).toHaveLength(1);
-    const res = backupResult(r.dir, "web01", "second.json");
-    expect(res.exitCode, `${describeRun(r)}\n${readLines(r.dir, "second.log").join("\n")}`).toBe(0);
+    const res = backupResult(r.dir, "web01", "second");
+    expect(res.exitCode, `${describeRun(r)}\n${res.log}`).toBe(0);
     expect(res.recovered.filter((m) => /removed the leftover snapshot vg0\/kvmbk\+web01\+2/.test(m))).toHaveLength(2);
     expect(res.recovered.some((m) => /unmounted the leftover snapshot mount/.test(m))).toBe(true);
     expect(sha256(decompress(res.diskFile("vdb")))).toBe(sha256(a));
@@ -58,8 +55,8 @@ grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
   });
 
   it("too little free space in the VG, or a disk not on LVM, fails the preflight (exit 3) and creates nothing", async () => {
-    const full = await backupCommand("web01", "full.json");
-    const notLvm = await backupCommand("web01", "notlvm.json", "config-notlvm.json");
+    const full = await backupRun("web01", "full");
+    const notLvm = await backupRun("web01", "notlvm", "config-notlvm.json");
     const r = await runUml({
       name: "lvm-preflight",
       timeoutMs: 180_000,
@@ -69,17 +66,15 @@ ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size
 ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01", vdb: "/tmp/scratch.raw" }, snapshot: { size: "8MiB" } }, "config-notlvm.json")}
 truncate -s 16M /tmp/scratch.raw
 vgs --noheadings --units m -o vg_free vg0 > $LAB/free.txt
-${full} > $LAB/full.log 2>&1 || echo $? > $LAB/full.rc
-${notLvm} > $LAB/notlvm.log 2>&1 || echo $? > $LAB/notlvm.rc
-lvs --noheadings -o lv_name vg0 | tr -d ' ' > $LAB/lvs-after.txt
+${full.foreground}${notLvm.foreground}lvs --noheadings -o lv_name vg0 | tr -d ' ' > $LAB/lvs-after.txt
 `,
     });
     expect(r.exitCode, describeRun(r)).toBe(0);
-    const fullRes = backupResult(r.dir, "web01", "full.json");
-    expect(readLines(r.dir, "full.rc"), describeRun(r)).toEqual(["3"]);
-    expect(fullRes.error).toMatch(/^volume group vg0 has 1[12][0-9] MiB free, but the snapshots of web01 \(900 MiB\) need 180 MiB \(snapshot\.size "20%"\); free space in vg0/);
-    const notLvmRes = backupResult(r.dir, "web01", "notlvm.json");
-    expect(readLines(r.dir, "notlvm.rc")).toEqual(["3"]);
+    const fullRes = backupResult(r.dir, "web01", "full");
+    expect(fullRes.exitCode, `${describeRun(r)}\n${fullRes.log}`).toBe(3);
+    expect(fullRes.error).toMatch(/volume group vg0 has 1[12][0-9] MiB free, but the snapshots of web01 \(900 MiB\) need 180 MiB \(snapshot\.size "20%"\); free space in vg0/);
+    const notLvmRes = backupResult(r.dir, "web01", "notlvm");
+    expect(notLvmRes.exitCode, notLvmRes.log).toBe(3);
     expect(notLvmRes.error).toMatch(/disk vdb \(\/tmp\/scratch\.raw\) is an image file on tmpfs .* which is not a logical volume; back this VM up with the libvirt method/);
     expect(readLines(r.dir, "lvs-after.txt")).toEqual(["web01"]);
     cleanRun(r);

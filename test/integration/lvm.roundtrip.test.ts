@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
 import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT, writerLog } from "./lvmLab.ts";
-import { backupCommand, backupResult } from "./lvmBackup.ts";
+import { backupResult, backupRun } from "./lvmBackup.ts";
 
 const WRITER = new URL("../lab/pacedWriter.mjs", import.meta.url).pathname;
 
@@ -16,7 +16,7 @@ describe("lvm method round trips (UML)", () => {
   it("(a) LV disk: the backup holds the content at snapshot time while the origin is written during the stream", async () => {
     const a = pseudoRandom(64 * MiB, 1);
     const b = pseudoRandom(16 * MiB, 2);
-    const run = await backupCommand("web01");
+    const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-rt-lv",
       timeoutMs: 200_000,
@@ -25,18 +25,15 @@ describe("lvm method round trips (UML)", () => {
 lvcreate -q -y -L 256M -n web01 vg0
 dd if=$LAB/a.bin of=/dev/vg0/web01 bs=1M conv=fsync status=none
 ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "48MiB", pollInterval: "200ms" } })}
-${run} > $LAB/run.log 2>&1 &
-pid=$!
-${WAIT_FOR_SNAPSHOT}
+${run.background}${WAIT_FOR_SNAPSHOT}
 node ${WRITER} $LAB/b.bin /dev/vg0/web01 100 16 8 $LAB/writer.log
-rc=0; wait $pid || rc=$?; echo $rc > $LAB/run.rc
-sha256sum /dev/vg0/web01 | cut -d' ' -f1 > $LAB/after.sha
+${run.wait}sha256sum /dev/vg0/web01 | cut -d' ' -f1 > $LAB/after.sha
 ${listRunnerSnapshots("$LAB/left.txt")}
 `,
     });
     expect(r.exitCode, describeRun(r)).toBe(0);
     const res = backupResult(r.dir, "web01");
-    expect(res.exitCode, `${describeRun(r)}\n${readLines(r.dir, "run.log").join("\n")}`).toBe(0);
+    expect(res.exitCode, `${describeRun(r)}\n${res.log}`).toBe(0);
     const expectedAtSnapshot = Buffer.concat([a, Buffer.alloc(192 * MiB)]);
     const restored = decompress(res.diskFile("vda"));
     expect(restored.length).toBe(256 * MiB);
@@ -44,10 +41,10 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     const after = Buffer.from(expectedAtSnapshot);
     b.copy(after, 100 * MiB);
     expect(readFileSync(join(r.dir, "after.sha"), "utf8").trim()).toBe(sha256(after));
-    // The writes happened while the snapshot lived and the stream ran.
+    // The writes happened while the snapshot lived, i.e. during the stream.
     const w = writerLog(r.dir);
     expect(w.at(-1)![1]).toBe(16);
-    expect(w.at(-1)![0]).toBeLessThan(res.streamEndMs!);
+    expect(w.at(-1)![0]).toBeLessThan(res.removedMs!);
     expect(res.peakFillPercent).toBeGreaterThan(20);
     expect(res.peakFillPercent).toBeLessThan(80);
     expect(readLines(r.dir, "left.txt")).toEqual([]);
@@ -59,7 +56,7 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     const a = pseudoRandom(24 * MiB, 3);
     const c = pseudoRandom(20 * MiB, 4);
     const b = pseudoRandom(4 * MiB, 5);
-    const run = await backupCommand("db01");
+    const run = await backupRun("db01");
     const r = await runUml({
       name: "lvm-rt-fs",
       timeoutMs: 240_000,
@@ -77,14 +74,11 @@ cp $LAB/a.bin /tmp/images/vms/db01.raw
 cp $LAB/c.bin /tmp/xfs/db01-data.raw
 sync
 ${configScript({ vm: "db01", disks: { vda: "/tmp/images/vms/db01.raw", vdb: "/tmp/xfs/db01-data.raw" }, snapshot: { size: "20%", pollInterval: "200ms" } })}
-${run} > $LAB/run.log 2>&1 &
-pid=$!
-${WAIT_FOR_SNAPSHOT}
+${run.background}${WAIT_FOR_SNAPSHOT}
 n=0; until [ "$(grep -c '/.kvm-backup/mnt/' /proc/self/mountinfo)" -ge 2 ]; do n=$((n+1)); [ $n -lt 120 ] || break; sleep 0.2; done
 grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-during.txt || true
 node ${WRITER} $LAB/b.bin /tmp/images/vms/db01.raw 8 4 8 $LAB/writer.log
-rc=0; wait $pid || rc=$?; echo $rc > $LAB/run.rc
-sha256sum /tmp/images/vms/db01.raw | cut -d' ' -f1 > $LAB/after.sha
+${run.wait}sha256sum /tmp/images/vms/db01.raw | cut -d' ' -f1 > $LAB/after.sha
 grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
 ls $LAB/staging/.kvm-backup/mnt/ > $LAB/mntdirs-after.txt 2>/dev/null || true
 ${listRunnerSnapshots("$LAB/left.txt")}
@@ -92,7 +86,7 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     });
     expect(r.exitCode, describeRun(r)).toBe(0);
     const res = backupResult(r.dir, "db01");
-    expect(res.exitCode, `${describeRun(r)}\n${readLines(r.dir, "run.log").join("\n")}`).toBe(0);
+    expect(res.exitCode, `${describeRun(r)}\n${res.log}`).toBe(0);
     expect(sha256(decompress(res.diskFile("vda")))).toBe(sha256(a));
     expect(sha256(decompress(res.diskFile("vdb")))).toBe(sha256(c));
     const after = Buffer.from(a);

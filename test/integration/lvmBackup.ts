@@ -1,49 +1,128 @@
 /**
- * How the LVM integration tests start a backup inside UML and read what it produced. Until the pipeline lands,
- * the back-end is driven by test/lab/lvmDriver.ts in the pipeline's order; the result is read from its JSON.
+ * How the LVM integration tests start a backup inside UML and read what it produced. Two drivers:
+ * - "cli": the real runner, `node dist/kvm-backup.mjs --config CONFIG run --vm VM` (built once per test run), its
+ *   JSON log lines and the manifest it commits;
+ * - "driver": test/lab/lvmDriver.ts, which called the lvm back-end in the pipeline's order before the pipeline
+ *   existed, writing <name>.json.
+ * Either way a run named N leaves N.log (everything it printed) and N.rc (its exit code) in $LAB.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { driverBundle } from "../lab/umlRunner.ts";
+import { driverBundle, runnerBundle } from "../lab/umlRunner.ts";
+
+export const MODE: "cli" | "driver" = process.env.KVM_BACKUP_LVM_TEST_DRIVER === "cli" ? "cli" : "driver";
+
+export interface BackupRun {
+  /** Starts the backup in the background; sets $pid to the runner's own pid (for kill -9). */
+  background: string;
+  /** Waits for the background run and records its exit code. */
+  wait: string;
+  /** Runs the backup in the foreground and records its exit code. */
+  foreground: string;
+}
+
+let runner: string | null = null;
+
+export async function backupRun(vm: string, name = "run", config = "config.json"): Promise<BackupRun> {
+  const env = "KVM_BACKUP_LOG=json KVM_BACKUP_DEBUG=1";
+  const cmd =
+    MODE === "driver"
+      ? `${env} node ${await driverBundle()} $LAB/${config} ${vm} $LAB/${name}.json`
+      : `${env} node ${(runner ??= runnerBundle())} --config $LAB/${config} run --vm ${vm}`;
+  return {
+    background: `${cmd} > $LAB/${name}.log 2>&1 &\npid=$!\n`,
+    wait: `rc=0; wait $pid || rc=$?; echo $rc > $LAB/${name}.rc\n`,
+    foreground: `rc=0; ${cmd} > $LAB/${name}.log 2>&1 || rc=$?; echo $rc > $LAB/${name}.rc\n`,
+  };
+}
 
 export interface BackupResult {
-  exitCode: number;
+  exitCode: number | null;
+  /** The failure message, when the run failed. */
   error: string | null;
+  /** The stored (compressed) file of a disk. */
   diskFile(name: string): string;
   peakFillPercent: number | null;
-  streamEndMs: number | null;
+  /** When the snapshot was removed (epoch ms); the stream ended before. */
+  removedMs: number | null;
   windowMs: number | null;
+  /** The guard's abort, if any. */
+  abort: { t: number; fillPercent: number; message: string } | null;
+  /** What recovery did at the start of the run. */
   recovered: string[];
-  events: { name: string; t: number; [k: string]: unknown }[];
+  log: string;
 }
 
-/** Shell command line (inside UML) that backs up `vm` with $LAB/config.json; RESULT names the result file. */
-export async function backupCommand(vm: string, result = "result.json", config = "config.json"): Promise<string> {
-  return `node ${await driverBundle()} $LAB/${config} ${vm} $LAB/${result}`;
+interface LogLine {
+  ts: string;
+  level: string;
+  event: string;
+  msg: string;
+  [k: string]: unknown;
 }
 
-export function backupResult(dir: string, _vm: string, result = "result.json"): BackupResult {
-  const file = join(dir, result);
-  if (!existsSync(file)) throw new Error(`the backup wrote no ${file}: it crashed or never ran`);
-  const r = JSON.parse(readFileSync(file, "utf8")) as {
-    exitCode: number;
-    error?: { message: string };
-    dir?: string;
-    peak?: number | null;
-    recovered?: string[];
-    events: BackupResult["events"];
+function logLines(text: string): LogLine[] {
+  return text.split("\n").flatMap((l) => {
+    if (!l.startsWith("{")) return [];
+    try {
+      return [JSON.parse(l) as LogLine];
+    } catch {
+      return [];
+    }
+  });
+}
+
+function newestBackup(staging: string, vm: string): { dir: string; manifest: Record<string, any> } | null {
+  const vmDir = join(staging, vm);
+  if (!existsSync(vmDir)) return null;
+  const ids = readdirSync(vmDir).filter((n) => /^\d{8}T\d{6}Z(-\d+)?$/.test(n) && existsSync(join(vmDir, n, "manifest.json"))).sort();
+  const id = ids.at(-1);
+  return id ? { dir: join(vmDir, id), manifest: JSON.parse(readFileSync(join(vmDir, id, "manifest.json"), "utf8")) } : null;
+}
+
+export function backupResult(dir: string, vm: string, name = "run"): BackupResult {
+  const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), "utf8") : "");
+  const log = read(`${name}.log`);
+  const rcText = read(`${name}.rc`).trim();
+  const lines = logLines(log);
+  const at = (event: string) => {
+    const l = lines.filter((x) => x.event === event).at(-1);
+    return l ? Date.parse(l.ts) : null;
   };
-  const at = (name: string) => r.events.filter((e) => e.name === name).at(-1)?.t ?? null;
-  const created = at("snapshot-created");
-  const removed = at("snapshot-removed");
+  const abortLine = lines.find((l) => l.event === "lvm.guard.abort");
+  const common = {
+    abort: abortLine ? { t: Date.parse(abortLine.ts), fillPercent: Number(abortLine.fillPercent), message: abortLine.msg } : null,
+    recovered: lines.filter((l) => l.event === "lvm.recover").map((l) => l.msg),
+    removedMs: at("lvm.snapshot.removed"),
+    log,
+  };
+  if (MODE === "driver") {
+    const r = read(`${name}.json`) ? (JSON.parse(read(`${name}.json`)) as { exitCode: number; error?: { message: string }; dir?: string; peak?: number | null; events: { name: string; t: number }[] }) : null;
+    const t = (n: string) => r?.events.filter((e) => e.name === n).at(-1)?.t ?? null;
+    const created = t("snapshot-created");
+    const removed = t("snapshot-removed");
+    return {
+      ...common,
+      log: r?.error ? `${log}\n${r.error.message}` : log,
+      exitCode: rcText === "" ? null : Number(rcText),
+      error: r?.error?.message ?? null,
+      diskFile: (disk) => join(r?.dir ?? "/nonexistent", `${disk}.raw.zst`),
+      peakFillPercent: r?.peak ?? null,
+      windowMs: created !== null && removed !== null ? removed - created : null,
+    };
+  }
+  const backup = newestBackup(join(dir, "staging"), vm);
+  const failure = lines.filter((l) => l.level === "error").at(-1);
   return {
-    exitCode: r.exitCode,
-    error: r.error?.message ?? null,
-    diskFile: (name) => join(r.dir ?? "/nonexistent", `${name}.raw.zst`),
-    peakFillPercent: r.peak ?? null,
-    streamEndMs: at("stream-end"),
-    windowMs: created !== null && removed !== null ? removed - created : null,
-    recovered: r.recovered ?? [],
-    events: r.events,
+    ...common,
+    exitCode: rcText === "" ? null : Number(rcText),
+    error: failure?.msg ?? null,
+    diskFile: (disk) => {
+      const d = backup?.manifest.disks?.find((x: { name: string }) => x.name === disk);
+      if (!backup || !d) throw new Error(`no committed backup with disk ${disk} in ${join(dir, "staging", vm)}; log:\n${log.slice(-3000)}`);
+      return join(backup.dir, d.file);
+    },
+    peakFillPercent: backup?.manifest.snapshot?.peakFillPercent ?? null,
+    windowMs: backup?.manifest.snapshot?.windowMs ?? null,
   };
 }

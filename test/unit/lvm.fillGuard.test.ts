@@ -83,12 +83,14 @@ function until(pred: () => boolean, ms = 3000): Promise<void> {
 describe("fill guard loop", () => {
   it("polls at the interval, keeps the peak and aborts at the limit with the level reached", async () => {
     const lvm = scripted([10, 40, 70, 85, 90]);
+    const t0 = Date.now();
     let reason: Error | null = null;
     const g = new FillGuard({ snapshots: guarded(), maxFillPercent: 80, pollMs: 20, log: quiet, deps: lvm.deps }, (e) => (reason = e)).start();
     await until(() => reason !== null);
     expect(reason).toBeInstanceOf(SnapshotOverflowError);
     expect((reason as unknown as SnapshotOverflowError).fillPercent).toBe(85);
     expect(lvm.readings).toBe(4);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(4 * 20 - 5); // four intervals, the first one after creation
     await expect(g.stop()).rejects.toThrow(/reached 85\.00 %/);
     expect(g.peakFillPercent).toBe(85);
   });
@@ -113,16 +115,15 @@ describe("fill guard loop", () => {
   });
 
   it("fails the stop when the snapshot turned invalid after the last poll, never a short backup", async () => {
-    const lvm = scripted([10, "invalid"]);
+    const lvm = scripted(["invalid"]);
     const g = new FillGuard({ snapshots: guarded(), maxFillPercent: 80, pollMs: 60_000, log: quiet, deps: lvm.deps }, () => undefined).start();
-    await until(() => lvm.readings >= 1);
     await expect(g.stop()).rejects.toMatchObject({ kind: "invalid" });
+    expect(lvm.readings).toBe(1);
   });
 
   it("does not fail the stop for a limit reached after the stream ended", async () => {
-    const lvm = scripted([10, 90]);
+    const lvm = scripted([90]);
     const g = new FillGuard({ snapshots: guarded(), maxFillPercent: 80, pollMs: 60_000, log: quiet, deps: lvm.deps }, () => undefined).start();
-    await until(() => lvm.readings >= 1);
     expect(await g.stop()).toEqual({ peakFillPercent: 90 });
   });
 });
