@@ -4,7 +4,8 @@ import { ship } from "./ship.ts";
 import { prune } from "./prune.ts";
 import { protect } from "./protect.ts";
 import { verifyTarget } from "./verifyTarget.ts";
+import { shipStatus } from "./shipStatus.ts";
 
 /** Every subcommand, in the order `--help` lists them. Add new commands here. */
 export const commands: Command[] = [validate];
-commands.push(ship, prune, protect, verifyTarget);
+commands.push(ship, prune, protect, verifyTarget, shipStatus);

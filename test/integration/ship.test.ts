@@ -109,6 +109,9 @@ describe("ship", () => {
     expect(status).toMatch(/nas \(ssh .*\): 1 backup pending since \d{4}-\d\d-\d\dT[\d:.]+Z; last shipped never/);
     expect(status).toMatch(/ {4}web01\/20261127T020000Z pending since .*: target "nas" .*Connection refused/);
     expect(status).toMatch(/mnt \(path .*\): up to date/);
+    const cli = await runCli(e.config, ["ship-status"]);
+    expect(cli.code).toBe(0);
+    expect(cli.stdout).toBe(status);
     const st = JSON.parse(readFileSync(join(e.staging, VM, "20261127T020000Z", "state.json"), "utf8"));
     expect(st.targets.nas.lastError.message).toMatch(/Connection refused/);
   });
