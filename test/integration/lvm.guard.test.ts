@@ -92,4 +92,37 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     expect(partials(r.dir, "web01")).toEqual([]);
     cleanRun(r);
   });
+
+  it("extends the snapshot with lvextend at the limit while the VG has room, and the backup succeeds", async () => {
+    const run = await backupRun("web01");
+    const r = await runUml({
+      name: "lvm-extend",
+      timeoutMs: 240_000,
+      files: { "b.bin": pseudoRandom(24 * MiB, 9) },
+      script: `${VG_SCRIPT}
+lvcreate -q -y -L 768M -n web01 vg0
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "16MiB", maxFillPercent: 60, extendBy: "16MiB", extendMax: "64MiB", pollInterval: "200ms" } })}
+${run.background}
+${WAIT_FOR_SNAPSHOT}
+node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 24 1 $LAB/writer.log &
+wpid=$!
+${run.wait}
+wait $wpid
+dmesg | grep -i 'invalidating snapshot' > $LAB/dmesg-overflow.txt || true
+${listRunnerSnapshots("$LAB/left.txt")}
+`,
+    });
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const res = backupResult(r.dir, "web01");
+    expect(res.exitCode, `${describeRun(r)}\n${res.log}`).toBe(0);
+    const extends_ = res.log.split("\n").filter((l) => l.includes('"event":"lvm.snapshot.extend"'));
+    expect(extends_.length, res.log).toBeGreaterThanOrEqual(1);
+    expect(extends_[0]).toMatch(/extending it by 16\.0 MiB/);
+    expect(res.peakFillPercent).toBeGreaterThanOrEqual(60);
+    expect(res.peakFillPercent).toBeLessThan(100);
+    expect(readLines(r.dir, "dmesg-overflow.txt")).toEqual([]);
+    expect(readLines(r.dir, "left.txt")).toEqual([]);
+    console.log(`lvm extend: ${extends_.length} extension(s), peak ${res.peakFillPercent} %, total ${r.totalMs} ms`);
+    cleanRun(r);
+  });
 });
