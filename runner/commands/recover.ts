@@ -1,0 +1,37 @@
+import { parseArgs } from "node:util";
+import { loadHostConfig } from "../config/hostConfig.ts";
+import { policyNames } from "../config/schema.ts";
+import { ExitCode } from "../errors.ts";
+import { backendFor, lockVm, removePartials } from "../pipeline.ts";
+import type { Command } from "./command.ts";
+import { selectVms } from "./vmSelection.ts";
+
+export const recover: Command = {
+  name: "recover",
+  summary: "repair what an interrupted run left: commit overlays back, remove snapshots and unfinished backups",
+  usage: "kvm-backup recover [--vm NAME ...]\n  `run` does this first by itself; this is the same step alone. Prints what it repaired.",
+  async run(argv, ctx) {
+    const { values } = parseArgs({ args: argv, options: { vm: { type: "string", multiple: true } } });
+    const cfg = loadHostConfig(ctx.configFile);
+    const log = ctx.log.child({ host: cfg.host });
+    let failed = false;
+    for (const vm of selectVms(cfg, values.vm)) {
+      const policyName = policyNames(cfg.vms[vm]!)[0]!;
+      const policy = cfg.policies[policyName]!;
+      const vlog = log.child({ vm });
+      let lock = null;
+      try {
+        lock = lockVm(cfg.staging.path, vm, "recover");
+        const done = await backendFor(policy.method).recover({ config: cfg, vm, vmConfig: cfg.vms[vm]!, policyName, policy, backupId: "recover", log: vlog });
+        done.push(...removePartials(cfg.staging.path, vm, vlog));
+        ctx.stdout(done.length ? done.map((d) => `${vm}: ${d}\n`).join("") : `${vm}: nothing to repair\n`);
+      } catch (e) {
+        failed = true;
+        vlog.error("recover.failed", `recovery of VM ${vm} failed: ${(e as Error).message}`);
+      } finally {
+        lock?.release();
+      }
+    }
+    return failed ? ExitCode.backupFailed : ExitCode.ok;
+  },
+};
