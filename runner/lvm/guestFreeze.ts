@@ -94,7 +94,11 @@ export async function thawLeftFrozen(staging: string, vm: string): Promise<strin
   if (res.exitCode !== 0) {
     const state = await run("virsh", ["-c", j.uri, "domstate", j.domain], { timeoutMs: 30_000, allowFailure: true });
     if (state.exitCode === 0 && /running|paused/.test(state.stdout)) {
-      throw new Error(`domain ${j.domain} may still be frozen by the run of pid ${j.pid} (${j.since}) and \`virsh domfsthaw\` failed: ${res.stderr.trim()}`);
+      // Keep the journal so every run tries again, but do not block the backup: a snapshot of a frozen guest is
+      // still consistent, and no backup at all would be worse. The operator is told what to run.
+      return [
+        `could not thaw domain ${j.domain}, which the run of pid ${j.pid} froze at ${j.since}: ${res.stderr.trim() || `exit ${res.exitCode}`}; if its filesystems are still frozen, run \`virsh -c ${j.uri} domfsthaw ${j.domain}\``,
+      ];
     }
   }
   rmSync(journal, { force: true });
