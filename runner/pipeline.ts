@@ -21,6 +21,7 @@ import type { DiskToBackup, SnapshotBackend, VmContext } from "./snapshot/backen
 import { backupDir, listBackups, listPartials, newBackupId, partialDir, vmDir } from "./staging.ts";
 import { storedFileName, streamDisk } from "./stream.ts";
 import { VERSION } from "./version.ts";
+import { writeRunRecord } from "./runRecord.ts";
 
 export const DOMAIN_XML_FILE = "domain.xml";
 
@@ -268,7 +269,13 @@ export async function runBackups(config: HostConfig, sel: { vms?: string[]; poli
     const chosen = sel.policy ? names.filter((p) => p === sel.policy) : names.slice(0, 1);
     for (const p of chosen) {
       if (opts.signal?.aborted) break;
-      results.push(await backupVm(config, vm, p, opts));
+      const r = await backupVm(config, vm, p, opts);
+      results.push(r);
+      try {
+        writeRunRecord(config.staging.path, { vm, policy: p, at: new Date().toISOString(), ok: r.ok, id: r.id, error: r.error });
+      } catch (e) {
+        opts.log.warn("run.record", `could not record the outcome of ${vm} for \`kvm-backup status\`: ${(e as Error).message}`);
+      }
     }
   }
   return results;
