@@ -3,6 +3,7 @@ import { loadHostConfig } from "../config/hostConfig.ts";
 import { ExitCode, KvmBackupError } from "../errors.ts";
 import { DEFAULT_TEXTFILE, prometheusText, statusText, vmStatuses, writeTextfileAtomically } from "../statusReport.ts";
 import type { Command } from "./command.ts";
+import { formatTargetStatus, targetStatus } from "../ship.ts";
 
 export const status: Command = {
   name: "status",
@@ -14,7 +15,7 @@ export const status: Command = {
     const { values } = parseArgs({ args: argv, options: { json: { type: "boolean", default: false }, textfile: { type: "string" }, "no-textfile": { type: "boolean", default: false } } });
     const cfg = loadHostConfig(ctx.configFile);
     const rows = vmStatuses(cfg);
-    ctx.stdout(values.json ? JSON.stringify({ host: cfg.host, vms: rows }, null, 2) + "\n" : statusText(rows));
+    ctx.stdout(values.json ? JSON.stringify({ host: cfg.host, vms: rows, targets: targetStatus(cfg) }, null, 2) + "\n" : statusText(rows) + formatTargetStatus(targetStatus(cfg)));
     if (!values["no-textfile"]) {
       const path = values.textfile ?? DEFAULT_TEXTFILE;
       try {

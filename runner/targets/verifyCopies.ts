@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { targetState, updateState } from "../backupState.ts";
 import type { HostConfig } from "../config/schema.ts";
+import { ExitCode, UsageError } from "../errors.ts";
 import { LockedError } from "../lock.ts";
 import type { Logger } from "../log.ts";
 import { Manifest, MANIFEST_FILE } from "../manifest.ts";
@@ -85,4 +86,20 @@ export async function verifyTarget(cfg: HostConfig, name: string, opts: { log: L
     }
   }
   return out;
+}
+
+/**
+ * `kvm-backup verify --target NAME [--vm VM ...] (ID | --all)` and `verify-target`: check on the target, print
+ * one line per backup, exit 1 if any copy is damaged or could not be checked.
+ */
+export async function verifyTargetCommand(
+  cfg: HostConfig,
+  name: string,
+  opts: { log: Logger; vms?: string[]; id?: string; stdout: (t: string) => void },
+): Promise<number> {
+  if (!(name in cfg.targets)) throw new UsageError(`unknown target "${name}" (known: ${Object.keys(cfg.targets).join(", ") || "none"})`);
+  const outcomes = await verifyTarget(cfg, name, opts);
+  for (const o of outcomes) opts.stdout(`${name} ${o.vm}/${o.id} ${o.result}${o.message ? `: ${o.message}` : ""}\n`);
+  if (opts.id !== undefined && outcomes.length === 0) throw new UsageError(`target "${name}" holds no backup ${opts.id}`);
+  return outcomes.some((o) => o.result !== "ok") ? ExitCode.backupFailed : ExitCode.ok;
 }

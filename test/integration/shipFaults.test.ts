@@ -190,7 +190,7 @@ describe("ship faults (ssh target on the sshd lab)", () => {
     expect(incomingFiles(e)).toEqual([]);
   });
 
-  it("a file corrupted on the target after shipping is caught by verify-target, and ship repairs it", async () => {
+  it("a file corrupted on the target after shipping is caught by verify --target (and verify-target), and ship repairs it", async () => {
     const e = sshEnv("corrupt");
     const { manifest } = makeStagedBackup({ staging: e.staging, vm: VM, id: "20261127T020000Z", policy: "nightly", size: 1 << 20 });
     const before = inventory(stagedVm(e));
@@ -206,7 +206,7 @@ describe("ship faults (ssh target on the sshd lab)", () => {
     execFileSync("touch", ["-d", mtime.toISOString(), file]);
     expect(checkAgainstManifests(remoteVm(e))).toEqual(["20261127T020000Z/vda.raw.zst"]);
 
-    const verify = await runCli(e.config, ["verify-target", "--target", "nas"]);
+    const verify = await runCli(e.config, ["verify", "--target", "nas", "--all"]);
     expect(verify.code, verify.stderr).toBe(1);
     expect(verify.stdout).toMatch(/web01\/20261127T020000Z damaged: .*vda\.raw\.zst: SHA-256 [0-9a-f]{64}, expected [0-9a-f]{64}/);
     expect(readStateJson(join(stagedVm(e), "20261127T020000Z")).targets.nas?.verified).toBe(false);
@@ -216,7 +216,7 @@ describe("ship faults (ssh target on the sshd lab)", () => {
     expect(repair.code, repair.stderr).toBe(0);
     expect(repair.stdout).toMatch(/nas web01\/20261127T020000Z shipped/);
     expect(inventory(remoteVm(e))).toEqual(before);
-    expect((await runCli(e.config, ["verify-target", "--target", "nas"])).code).toBe(0);
+    expect((await runCli(e.config, ["verify", "--target", "nas", "--all"])).code).toBe(0);
   });
 
   it("a wrong pinned host key refuses to connect, with a message saying what to do", async () => {
