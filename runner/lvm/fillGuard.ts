@@ -109,8 +109,9 @@ export class FillGuard implements SnapshotGuard {
       if (!lv) return new SnapshotOverflowError(`snapshot ${s.vg}/${s.name} disappeared while the backup read it`, { fillPercent: this.peak ?? 0, snapshot: s.name, kind: "gone" });
       if (lv.fillPercent !== null) this.peak = Math.max(this.peak ?? 0, lv.fillPercent);
       log.debug("lvm.guard.reading", `snapshot ${s.vg}/${s.name} is ${lv.fillPercent ?? "?"} % full`, { snapshot: s.name, fillPercent: lv.fillPercent, attr: lv.attr });
-      const vg = (vgs ??= lv.fillPercent !== null && lv.fillPercent >= maxFillPercent ? await deps.listVgs() : []).find((g) => g.name === s.vg);
-      const decision = decideFill(lv, maxFillPercent, s.plan, vg?.freeBytes ?? 0, s.extentBytes);
+      const needFree = lv.fillPercent !== null && lv.fillPercent >= maxFillPercent && s.plan.stepBytes !== null;
+      const free = !needFree ? 0 : lv.vgFreeBytes ?? (vgs ??= await deps.listVgs()).find((g) => g.name === s.vg)?.freeBytes ?? 0;
+      const decision = decideFill(lv, maxFillPercent, s.plan, free, s.extentBytes);
       if (decision.kind === "extend") {
         log.warn("lvm.snapshot.extend", `snapshot ${s.vg}/${s.name} is ${lv.fillPercent?.toFixed(2)} % full; extending it by ${formatBytes(decision.addBytes)}`, {
           snapshot: s.name,

@@ -16,6 +16,8 @@ export const LV_FIELDS = [
   "lv_attr",
   "lv_kernel_major",
   "lv_kernel_minor",
+  // VG fields in the same report save the guard a second command when it must decide to extend.
+  "vg_free",
 ] as const;
 export const VG_FIELDS = ["vg_name", "vg_size", "vg_free", "vg_extent_size"] as const;
 
@@ -33,6 +35,8 @@ export interface LogicalVolume {
   /** Kernel device numbers when active, else null. */
   major: number | null;
   minor: number | null;
+  /** Free bytes in the LV's volume group, when the report includes vg_free. */
+  vgFreeBytes: number | null;
 }
 
 export interface VolumeGroup {
@@ -106,6 +110,7 @@ export function parseLvs(text: string, command = "lvs"): LogicalVolume[] {
       attr: field(row, "lv_attr", command),
       major: parseDeviceNumber(row["lv_kernel_major"]),
       minor: parseDeviceNumber(row["lv_kernel_minor"]),
+      vgFreeBytes: row["vg_free"] === undefined ? null : parseLvmBytes(row["vg_free"], `vg_free of ${vg}`),
     };
   });
 }

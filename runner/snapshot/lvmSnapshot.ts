@@ -364,13 +364,13 @@ async function checkSpace(plan: Plan, policy: LvmPolicy): Promise<void> {
 async function removeWithRetry(vg: string, name: string): Promise<void> {
   let last: unknown;
   // A stream that was just killed may keep the device open for a moment ("Logical volume in use").
-  for (let i = 0; i < 10; i++) {
+  for (let i = 0; i < 30; i++) {
     try {
       await removeSnapshot(vg, name);
       return;
     } catch (e) {
       last = e;
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 300));
     }
   }
   throw last;

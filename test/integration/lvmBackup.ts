@@ -1,16 +1,11 @@
 /**
- * How the LVM integration tests start a backup inside UML and read what it produced. Two drivers:
- * - "cli": the real runner, `node dist/kvm-backup.mjs --config CONFIG run --vm VM` (built once per test run), its
- *   JSON log lines and the manifest it commits;
- * - "driver": test/lab/lvmDriver.ts, which called the lvm back-end in the pipeline's order before the pipeline
- *   existed, writing <name>.json.
- * Either way a run named N leaves N.log (everything it printed) and N.rc (its exit code) in $LAB.
+ * How the LVM integration tests start a backup inside UML and read what it produced: the real runner,
+ * `node dist/kvm-backup.mjs --config CONFIG run --no-ship --vm VM` (built once per test run), its JSON log lines
+ * and the manifest it commits. A run named N leaves N.log (everything it printed) and N.rc (its exit code) in $LAB.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { driverBundle, runnerBundle } from "../lab/umlRunner.ts";
-
-export const MODE: "cli" | "driver" = process.env.KVM_BACKUP_LVM_TEST_DRIVER === "cli" ? "cli" : "driver";
+import { runnerBundle } from "../lab/umlRunner.ts";
 
 export interface BackupRun {
   /** Starts the backup in the background; sets $pid to the runner's own pid (for kill -9). */
@@ -25,10 +20,7 @@ let runner: string | null = null;
 
 export async function backupRun(vm: string, name = "run", config = "config.json"): Promise<BackupRun> {
   const env = "KVM_BACKUP_LOG=json KVM_BACKUP_DEBUG=1";
-  const cmd =
-    MODE === "driver"
-      ? `${env} node ${await driverBundle()} $LAB/${config} ${vm} $LAB/${name}.json`
-      : `${env} node ${(runner ??= runnerBundle())} --config $LAB/${config} run --vm ${vm}`;
+  const cmd = `${env} node ${(runner ??= runnerBundle())} --config $LAB/${config} run --no-ship --vm ${vm}`;
   return {
     background: `${cmd} > $LAB/${name}.log 2>&1 &\npid=$!\n`,
     wait: `rc=0; wait $pid || rc=$?; echo $rc > $LAB/${name}.rc\n`,
@@ -96,21 +88,6 @@ export function backupResult(dir: string, vm: string, name = "run"): BackupResul
     removedMs: at("lvm.snapshot.removed"),
     log,
   };
-  if (MODE === "driver") {
-    const r = read(`${name}.json`) ? (JSON.parse(read(`${name}.json`)) as { exitCode: number; error?: { message: string }; dir?: string; peak?: number | null; events: { name: string; t: number }[] }) : null;
-    const t = (n: string) => r?.events.filter((e) => e.name === n).at(-1)?.t ?? null;
-    const created = t("snapshot-created");
-    const removed = t("snapshot-removed");
-    return {
-      ...common,
-      log: r?.error ? `${log}\n${r.error.message}` : log,
-      exitCode: rcText === "" ? null : Number(rcText),
-      error: r?.error?.message ?? null,
-      diskFile: (disk) => join(r?.dir ?? "/nonexistent", `${disk}.raw.zst`),
-      peakFillPercent: r?.peak ?? null,
-      windowMs: created !== null && removed !== null ? removed - created : null,
-    };
-  }
   const backup = newestBackup(join(dir, "staging"), vm);
   const failure = lines.filter((l) => l.level === "error").at(-1);
   return {

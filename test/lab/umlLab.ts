@@ -43,6 +43,21 @@ export class UmlError extends Error {}
 
 let counter = 0;
 
+/** Process groups of running guests: killed if the test process exits first (a vitest timeout, Ctrl-C). */
+const live = new Set<number>();
+process.once("exit", () => {
+  for (const pgid of live) {
+    try {
+      process.kill(-pgid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }
+});
+
+/** Vitest's integration timeout is 240 s: a guest's deadline must end before it, so its console gets reported. */
+export const MAX_UML_MS = 220_000;
+
 /** The prelude every lab script runs first: the guest's own /proc, /sys, /run, /tmp, dm modules, private LVM. */
 function initScript(dir: string): string {
   return `#!/bin/sh
@@ -101,9 +116,10 @@ export async function runUml(opts: UmlOptions): Promise<UmlResult> {
     "quiet",
   ];
   const started = Date.now();
-  const timeoutMs = opts.timeoutMs ?? 120_000;
+  const timeoutMs = Math.min(opts.timeoutMs ?? 120_000, MAX_UML_MS);
   // UML maps its memory from files in TMPDIR, which must allow exec: /dev/shm does.
   const child = spawn(UML_KERNEL, args, { env: { ...process.env, TMPDIR: "/dev/shm" }, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  live.add(child.pid!);
   let consoleLog = "";
   child.stdout.on("data", (d: Buffer) => (consoleLog += d.toString()));
   child.stderr.on("data", (d: Buffer) => (consoleLog += d.toString()));
@@ -118,6 +134,7 @@ export async function runUml(opts: UmlOptions): Promise<UmlResult> {
   }, timeoutMs);
   await new Promise<void>((res) => child.on("close", () => res()));
   clearTimeout(timer);
+  live.delete(child.pid!);
   // UML's helper processes share the group; make sure none outlives the run.
   try {
     process.kill(-child.pid!, "SIGKILL");

@@ -1,8 +1,7 @@
 /**
  * What the LVM integration tests need around the UML fixture: a host config for the explicit `disks` form, and
- * the runner (or the back-end driver) bundled once per test run so Node inside UML loads a single file.
+ * the runner bundled once per test run, the single file the hosts run, which Node inside UML loads via hostfs.
  */
-import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -11,26 +10,6 @@ import { LAB_ROOT } from "./umlLab.ts";
 
 const REPO = resolve(new URL("../..", import.meta.url).pathname);
 export const RUNNER_BUNDLE = join(REPO, "dist", "kvm-backup.mjs");
-
-let driver: string | null = null;
-export async function driverBundle(): Promise<string> {
-  if (driver) return driver;
-  mkdirSync(LAB_ROOT, { recursive: true });
-  const out = join(LAB_ROOT, "lvmDriver.mjs");
-  await build({
-    entryPoints: [join(REPO, "test", "lab", "lvmDriver.ts")],
-    outfile: out,
-    bundle: true,
-    platform: "node",
-    target: "node18",
-    format: "esm",
-    logLevel: "warning",
-    define: { __KVM_BACKUP_VERSION__: '"test"' },
-    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-  });
-  driver = out;
-  return out;
-}
 
 /** `npm run build` once, so the tests exercise the same single file the hosts run. */
 export function runnerBundle(): string {
