@@ -54,7 +54,7 @@ function scripted(levels: (number | "fail" | "invalid")[]) {
       async listLvs(): Promise<LogicalVolume[]> {
         const v = levels[Math.min(i++, levels.length - 1)]!;
         if (v === "fail") throw new Error("lvs: device busy");
-        return [{ ...snap(v === "invalid" ? 100 : v, size, v === "invalid" ? "swi-I-s---" : "swi-a-s---"), path: "", origin: "web01", major: 254, minor: 5 }];
+        return [{ ...snap(v === "invalid" ? 100 : v, size, v === "invalid" ? "swi-I-s---" : "swi-a-s---"), path: "", origin: "web01", major: 254, minor: 5, vgFreeBytes: null }];
       },
       async listVgs() {
         return [{ name: "vg0", sizeBytes: 1024 * MiB, freeBytes: 512 * MiB, extentBytes: 4 * MiB }];
