@@ -86,5 +86,5 @@ describe("run ships and prunes what it backed up", () => {
         `mnt ${VM}/${id}: removed: not selected by any rule (policy nightly)`,
       ]),
     );
-  });
+  }, 600_000); // two real runs under TCG plus ssh transfers: minutes on a busy 2-core machine
 });
