@@ -124,6 +124,18 @@ export interface CliResult {
   ms: number;
 }
 
+// CLIs still running when the test worker ends (a test that timed out) are killed with it, group and all.
+const running = new Set<number>();
+process.on("exit", () => {
+  for (const pgid of running) {
+    try {
+      process.kill(-pgid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }
+});
+
 /** The bundled CLI as its own process (and its own process group, so a test can kill -9 all of it). */
 export function startCli(config: string, args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}) {
   const started = Date.now();
@@ -143,8 +155,10 @@ export function startCli(config: string, args: string[], opts: { timeoutMs?: num
       /* gone */
     }
   }, opts.timeoutMs ?? 180_000);
+  running.add(child.pid!);
   const done = new Promise<CliResult>((resolve) => {
     child.on("close", (code, signal) => {
+      running.delete(child.pid!);
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr, ms: Date.now() - started });
     });
