@@ -351,6 +351,28 @@ function checkReferences(
   }
 }
 
+// ---------------------------------------------------------------- acknowledgements
+
+export const RISKY_CHANGES = ["retention-reduced", "coverage-lost", "target-removed", "method-changed", "schedule-gap"] as const;
+export type RiskyChangeKind = (typeof RISKY_CHANGES)[number];
+
+/**
+ * A reviewed "yes, on purpose" for a risky change `kvm-backup policy diff` flags. It applies only in the change
+ * that adds it (one already at the base ref acknowledges nothing), so every risky change needs its own reason,
+ * and that reason is in the same pull request as the change. `vm`: "host/vm", "host" (every VM of the host) or
+ * unset (every VM of the stack).
+ */
+export const Acknowledgement = strict({
+  vm: z
+    .string()
+    .refine((v) => v.split("/").length <= 2 && v.split("/").every(isSafeName), {
+      error: (iss) => `"${String(iss.input)}" must be "host/vm" or "host" (${NAME_HELP})`,
+    })
+    .optional(),
+  change: oneOf(RISKY_CHANGES),
+  reason: z.string().trim().min(1, { error: "must say why the change is intended (it is shown in the review)" }),
+});
+
 function stackConfig<S extends z.ZodType>(secret: S) {
   return strict({
     /** The SSH key Pulumi uses for every host that does not set its own `privateKey`. */
@@ -358,6 +380,8 @@ function stackConfig<S extends z.ZodType>(secret: S) {
     targets: namedRecord(target(secret)).default({}),
     policies: namedRecord(Policy),
     hosts: namedRecord(host(secret)),
+    /** Risky policy changes made on purpose, each with a reason (see Acknowledgement). */
+    acknowledge: z.array(Acknowledgement).optional(),
   }).superRefine((cfg, ctx) => {
     const c = cfg as unknown as {
       sshPrivateKey?: unknown;
