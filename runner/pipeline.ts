@@ -19,7 +19,7 @@ import { LibvirtSnapshotBackend } from "./snapshot/libvirtSnapshot.ts";
 import { LvmSnapshotBackend } from "./snapshot/lvmSnapshot.ts";
 import type { DiskToBackup, SnapshotBackend, VmContext } from "./snapshot/backend.ts";
 import { backupDir, listBackups, listPartials, newBackupId, partialDir, vmDir } from "./staging.ts";
-import { storedFileName, streamDisk } from "./stream.ts";
+import { storedFileName, streamDisk, syncFile } from "./stream.ts";
 import { VERSION } from "./version.ts";
 import { writeRunRecord } from "./runRecord.ts";
 
@@ -210,6 +210,9 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
       if (removeError) log.error("snapshot.remove.failed", (removeError as Error).message);
       throw streamError;
     }
+
+    // Durable before the manifest; done after the snapshot is removed so it does not lengthen the window.
+    for (const d of manifestDisks) await syncFile(join(partial, d.file));
 
     // 4. Commit: manifest last, then one rename makes the directory a backup.
     if (domainXml !== null) writeFileSynced(join(partial, DOMAIN_XML_FILE), domainXml);

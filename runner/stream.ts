@@ -111,6 +111,16 @@ function openSource(disk: FrozenDisk): { stream: Readable; child: Child | null; 
   return { stream: child.stdout!, child, stderr: collectStderr(child) };
 }
 
+/** Makes a stored file durable (before the manifest is written). */
+export async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, "r+");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
   const { disk, outFile, signal, log } = opts;
   if (signal.aborted) throw signal.reason;
@@ -154,12 +164,7 @@ export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
     if (inHash.bytes !== disk.virtualSize) {
       throw new StreamError(`disk ${disk.name}: read ${inHash.bytes} bytes from ${disk.readPath}, but the image has ${disk.virtualSize}; the backup would be incomplete`);
     }
-    const fh = await open(outFile, "r+");
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    // No fsync here: the pipeline syncs the files after the snapshot is removed, before the manifest.
     return { bytesRead: inHash.bytes, bytesStored: outHash.bytes, sha256: inHash.digest(), storedSha256: outHash.digest() };
   } catch (e) {
     for (const c of children) c.kill("SIGKILL");
