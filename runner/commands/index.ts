@@ -12,9 +12,11 @@ import { restore } from "./restore.ts";
 import { status } from "./status.ts";
 import { doctor } from "./doctor.ts";
 import { shipStatus } from "./shipStatus.ts";
+import { policy } from "./policy.ts";
 
 /** Every subcommand, in the order `--help` lists them. Add new commands here. */
 export const commands: Command[] = [validate];
 commands.push(ship, prune, protect, verifyTarget, shipStatus);
 commands.splice(1, 0, run, recover);
 commands.splice(3, 0, list, verify, restore, status, doctor);
+commands.push(policy);
