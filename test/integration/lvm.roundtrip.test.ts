@@ -80,7 +80,7 @@ grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-during.txt || true
 node ${WRITER} $LAB/b.bin /tmp/images/vms/db01.raw 8 4 8 $LAB/writer.log
 ${run.wait}sha256sum /tmp/images/vms/db01.raw | cut -d' ' -f1 > $LAB/after.sha
 grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
-ls $LAB/staging/.kvm-backup/mnt/ > $LAB/mntdirs-after.txt 2>/dev/null || true
+ls /tmp/staging/.kvm-backup/mnt/ > $LAB/mntdirs-after.txt 2>/dev/null || true
 ${listRunnerSnapshots("$LAB/left.txt")}
 `,
     });

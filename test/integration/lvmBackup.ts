@@ -6,6 +6,7 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { runnerBundle } from "../lab/umlRunner.ts";
+import { GUEST_STAGING } from "./lvmLab.ts";
 
 export interface BackupRun {
   /** Starts the backup in the background; sets $pid to the runner's own pid (for kill -9). */
@@ -21,10 +22,12 @@ let runner: string | null = null;
 export async function backupRun(vm: string, name = "run", config = "config.json"): Promise<BackupRun> {
   const env = "KVM_BACKUP_LOG=json KVM_BACKUP_DEBUG=1";
   const cmd = `${env} node ${(runner ??= runnerBundle())} --config $LAB/${config} run --no-ship --vm ${vm}`;
+  // The host reads what the run left in the guest's staging (see GUEST_STAGING).
+  const copy = `rm -rf $LAB/staging && mkdir -p $LAB/staging && cp -a ${GUEST_STAGING}/. $LAB/staging/\n`;
   return {
     background: `${cmd} > $LAB/${name}.log 2>&1 &\npid=$!\n`,
-    wait: `rc=0; wait $pid || rc=$?; echo $rc > $LAB/${name}.rc\n`,
-    foreground: `rc=0; ${cmd} > $LAB/${name}.log 2>&1 || rc=$?; echo $rc > $LAB/${name}.rc\n`,
+    wait: `rc=0; wait $pid || rc=$?; echo $rc > $LAB/${name}.rc\n${copy}`,
+    foreground: `rc=0; ${cmd} > $LAB/${name}.log 2>&1 || rc=$?; echo $rc > $LAB/${name}.rc\n${copy}`,
   };
 }
 

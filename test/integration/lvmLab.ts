@@ -20,10 +20,17 @@ export function sha256(buf: Buffer): string {
   return createHash("sha256").update(buf).digest("hex");
 }
 
-/** Writes config.json into $LAB with the staging directory inside the lab directory (same path on both sides). */
+/**
+ * Staging inside the guest, on its own tmpfs: a local filesystem like a real staging disk (hostfs is not one:
+ * the stream's FIFOs on hostfs block the whole UML kernel). Each run copies it to $LAB/staging for the host.
+ */
+export const GUEST_STAGING = "/tmp/staging";
+
+/** Writes config.json into $LAB. */
 export function configScript(c: Omit<LvmLabConfig, "staging">, file = "config.json"): string {
-  const json = JSON.stringify(hostConfig({ ...c, staging: "@STAGING@" }));
-  return `cat > $LAB/${file} <<'CFG'\n${json}\nCFG\nsed -i "s|@STAGING@|$LAB/staging|" $LAB/${file}\nmkdir -p $LAB/staging\n`;
+  const json = JSON.stringify(hostConfig({ ...c, staging: GUEST_STAGING }));
+  // size= only caps the tmpfs; the runner's preflight wants room for the uncompressed disk.
+  return `cat > $LAB/${file} <<'CFG'\n${json}\nCFG\nmkdir -p ${GUEST_STAGING} $LAB/staging\ngrep -q ' ${GUEST_STAGING} ' /proc/self/mountinfo || mount -t tmpfs -o size=4g tmpfs ${GUEST_STAGING}\n`;
 }
 
 export const VG_SCRIPT = `pvcreate -q /dev/ubda

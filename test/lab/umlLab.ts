@@ -102,7 +102,7 @@ export async function runUml(opts: UmlOptions): Promise<UmlResult> {
   closeSync(openSync(disk, "w"));
   truncateSync(disk, opts.diskBytes ?? 1024 ** 3);
   const args = [
-    `mem=${opts.memMB ?? 256}M`,
+    `mem=${opts.memMB ?? 512}M`,
     `umid=${umid}`,
     `uml_dir=${join(dir, "uml")}`,
     "rootfstype=hostfs",
