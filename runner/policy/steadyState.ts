@@ -21,19 +21,23 @@ export interface History {
   truncated: boolean;
 }
 
-/** Days of runs needed before every rule is filled: the longest period any rule reaches, plus one period. */
+/**
+ * Days of runs needed before every rule is filled. Each rule takes periods no earlier rule holds, so their
+ * reaches add up (daily 14 + weekly 4 reaches back about 14 + 4 x 7 days); the sum plus a week is an upper
+ * bound, and a longer history changes nothing once every rule is filled.
+ */
 export function retentionSpanDays(rules: RetentionRules, schedules: readonly string[], now: Date): number {
-  const spans: number[] = [1];
-  if (rules.keepHourly) spans.push(Math.ceil(rules.keepHourly / 24) + 1);
-  if (rules.keepDaily) spans.push(rules.keepDaily + 1);
-  if (rules.keepWeekly) spans.push(7 * rules.keepWeekly + 7);
-  if (rules.keepMonthly) spans.push(31 * rules.keepMonthly + 31);
-  if (rules.keepYearly) spans.push(366 * rules.keepYearly + 366);
+  let days = 7;
+  if (rules.keepHourly) days += Math.ceil(rules.keepHourly / 24) + 1;
+  if (rules.keepDaily) days += rules.keepDaily + 1;
+  if (rules.keepWeekly) days += 7 * rules.keepWeekly + 7;
+  if (rules.keepMonthly) days += 31 * rules.keepMonthly + 31;
+  if (rules.keepYearly) days += 366 * rules.keepYearly + 366;
   if (rules.keepLast) {
     const gap = largestGap(schedules, new Date(now.getTime() - 366 * DAY_MS)).ms;
-    spans.push(Number.isFinite(gap) ? Math.ceil((rules.keepLast * gap) / DAY_MS) + 1 : MAX_HISTORY_DAYS);
+    days += Number.isFinite(gap) ? Math.ceil((rules.keepLast * gap) / DAY_MS) + 1 : MAX_HISTORY_DAYS;
   }
-  return Math.min(MAX_HISTORY_DAYS, Math.max(...spans));
+  return Math.min(MAX_HISTORY_DAYS, days);
 }
 
 export function typicalHistory(schedules: readonly string[], now: Date, days: number): History {
