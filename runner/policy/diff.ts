@@ -158,7 +158,14 @@ function compareVm(o: EffectiveVm, n: EffectiveVm, now: Date): Change[] {
       } else changes.push({ risk: null, text: words });
     }
     const before: Change[] = [];
-    settingChanges("", a.settings, b.settings, before);
+    if (a.method === b.method) settingChanges("", a.settings, b.settings, before);
+    else {
+      // Snapshot settings of different methods have nothing in common: one line instead of a field-by-field list.
+      const { snapshot: sa, ...ra } = a.settings;
+      const { snapshot: sb, ...rb } = b.settings;
+      settingChanges("", ra, rb, before);
+      before.push({ risk: null, text: `snapshot (${a.method}) ${JSON.stringify(sa)} → (${b.method}) ${JSON.stringify(sb)}` });
+    }
     for (const c of before) changes.push({ risk: null, text: `${label}: ${c.text}` });
   }
   if (o.staging.keepLast !== n.staging.keepLast) {

@@ -5,6 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
 
+// Schedules, retention periods and the rendered time zone depend on the zone: the policy tests run in UTC.
+process.env.TZ = "UTC";
+
 const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM2Q3dZwFZCj84kagaIQeV0kAzXXG7/N0kBEnubd/53g";
 
 /** A valid stack config (the kvm-backup namespace), to be changed per test. */
