@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { policy } from "../../runner/commands/policy.ts";
 import { Logger } from "../../runner/log.ts";
@@ -246,5 +247,25 @@ describe("policy diff: base ref", () => {
 
   it("an unknown ref is a usage error naming it", async () => {
     await expect(diff("--base", "nope")).rejects.toThrow(/"nope" is not a commit in this repository/);
+  });
+});
+
+describe("policy diff as a policy repository's CI runs it (the real CLI entry)", () => {
+  const BIN = `${cwd}/bin/kvm-backup.mjs`;
+  const cli = (...args: string[]) => spawnSync(process.execPath, [BIN, "policy", ...args], { cwd: repo.dir, encoding: "utf8", timeout: 60_000 });
+
+  it("exits 3 on an unacknowledged risky change with markdown on stdout, 0 once acknowledged", () => {
+    change((c) => delete c.hosts.kvm01.vms.db01);
+    const risky = cli("diff", "--format", "markdown");
+    expect(risky.status).toBe(3);
+    expect(risky.stdout).toContain("### ⛔ kvm-backup policy diff");
+    expect(risky.stdout).toContain("| prod | kvm01/db01 | no longer backed up: the VM is removed from host kvm01");
+    change((c) => {
+      delete c.hosts.kvm01.vms.db01;
+      c.acknowledge = [{ vm: "kvm01/db01", change: "coverage-lost", reason: "decommissioned" }];
+    });
+    const ok = cli("diff", "--format", "markdown");
+    expect(ok.status).toBe(0);
+    expect(ok.stdout).toContain("### ⚠️ kvm-backup policy diff");
   });
 });
