@@ -7,7 +7,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
+import { cleanRun, describeRun, runUml, umlTestTimeout } from "../lab/umlLab.ts";
 import { configScript, listRunnerSnapshots, MiB, pseudoRandom, readLines, VG_SCRIPT, WAIT_FOR_SNAPSHOT, writerLog } from "./lvmLab.ts";
 import { backupResult, backupRun } from "./lvmBackup.ts";
 
@@ -28,7 +28,7 @@ describe("lvm overflow guard (UML)", () => {
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-guard",
-      timeoutMs: 240_000,
+      timeoutMs: 330_000,
       files: { "b.bin": pseudoRandom(20 * MiB, 7) },
       script: `${VG_SCRIPT}
 lvcreate -q -y -L 768M -n web01 vg0
@@ -64,13 +64,13 @@ ${listRunnerSnapshots("$LAB/left.txt")}
       `lvm guard: abort at ${fill} % (peak ${fill} %), ${crossing ? abort.t - crossing : "?"} ms after the writer crossed ${LIMIT} %, snapshot removed ${removed - abort.t} ms after the abort; boot ${r.bootMs} ms, total ${r.totalMs} ms`,
     );
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 
   it("a snapshot that overflowed anyway (guard blinded) fails the backup: zstd read error 37, never a short backup", async () => {
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-invalid",
-      timeoutMs: 240_000,
+      timeoutMs: 330_000,
       files: { "b.bin": pseudoRandom(40 * MiB, 8) },
       script: `${VG_SCRIPT}
 lvcreate -q -y -L 768M -n web01 vg0
@@ -94,13 +94,13 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     expect(readLines(r.dir, "left.txt")).toEqual([]);
     expect(partials(r.dir, "web01")).toEqual([]);
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 
   it("extends the snapshot with lvextend at the limit while the VG has room, and the backup succeeds", async () => {
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-extend",
-      timeoutMs: 240_000,
+      timeoutMs: 330_000,
       files: { "b.bin": pseudoRandom(24 * MiB, 9) },
       script: `${VG_SCRIPT}
 lvcreate -q -y -L 768M -n web01 vg0
@@ -128,5 +128,5 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     expect(readLines(r.dir, "left.txt")).toEqual([]);
     console.log(`lvm extend: ${extends_.length} extension(s), peak ${res.peakFillPercent} %, total ${r.totalMs} ms`);
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 });

@@ -5,7 +5,7 @@
  * anything is created.
  */
 import { describe, expect, it } from "vitest";
-import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
+import { cleanRun, describeRun, runUml, umlTestTimeout } from "../lab/umlLab.ts";
 import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT } from "./lvmLab.ts";
 import { backupResult, backupRun } from "./lvmBackup.ts";
 
@@ -16,7 +16,7 @@ describe("lvm recovery and preflight (UML)", () => {
     const second = await backupRun("web01", "second");
     const r = await runUml({
       name: "lvm-kill",
-      timeoutMs: 240_000,
+      timeoutMs: 330_000,
       files: { "a.bin": a },
       script: `${VG_SCRIPT}
 lvcreate -q -y -L 384M -n web01 vg0
@@ -52,7 +52,7 @@ grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
     expect(readLines(r.dir, "left.txt")).toEqual(["kvmbk+web01.old+20261128T010000Z+web01"]);
     expect(readLines(r.dir, "mounts-after.txt")).toEqual([]);
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 
   it("too little free space in the VG, or a disk not on LVM, fails the preflight (exit 3) and creates nothing", async () => {
     const full = await backupRun("web01", "full");
@@ -78,5 +78,5 @@ ${full.foreground}${notLvm.foreground}lvs --noheadings -o lv_name vg0 | tr -d ' 
     expect(notLvmRes.error).toMatch(/disk vdb \(\/tmp\/scratch\.raw\) is an image file on tmpfs .* which is not a logical volume; back this VM up with the libvirt method/);
     expect(readLines(r.dir, "lvs-after.txt")).toEqual(["web01"]);
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 });

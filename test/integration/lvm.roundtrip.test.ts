@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { cleanRun, describeRun, runUml } from "../lab/umlLab.ts";
+import { cleanRun, describeRun, runUml, umlTestTimeout } from "../lab/umlLab.ts";
 import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT, writerLog } from "./lvmLab.ts";
 import { backupResult, backupRun } from "./lvmBackup.ts";
 
@@ -19,7 +19,7 @@ describe("lvm method round trips (UML)", () => {
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-rt-lv",
-      timeoutMs: 200_000,
+      timeoutMs: 330_000,
       files: { "a.bin": a, "b.bin": b },
       script: `${VG_SCRIPT}
 lvcreate -q -y -L 256M -n web01 vg0
@@ -50,7 +50,7 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     expect(readLines(r.dir, "left.txt")).toEqual([]);
     console.log(`lvm round trip (a): boot ${r.bootMs} ms, total ${r.totalMs} ms, peak fill ${res.peakFillPercent} %, snapshot window ${res.windowMs} ms`);
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 
   it("(b) image files on ext4 and xfs on LVs: snapshots mounted read-only, files streamed, unmounted and removed", async () => {
     const a = pseudoRandom(24 * MiB, 3);
@@ -59,7 +59,7 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     const run = await backupRun("db01");
     const r = await runUml({
       name: "lvm-rt-fs",
-      timeoutMs: 240_000,
+      timeoutMs: 330_000,
       files: { "a.bin": a, "b.bin": b, "c.bin": c },
       script: `${VG_SCRIPT}
 lvcreate -q -y -L 256M -n images vg0
@@ -101,5 +101,5 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     expect(readLines(r.dir, "left.txt")).toEqual([]);
     console.log(`lvm round trip (b): boot ${r.bootMs} ms, total ${r.totalMs} ms, peak fill ${res.peakFillPercent} %`);
     cleanRun(r);
-  });
+  }, umlTestTimeout(330_000));
 });
