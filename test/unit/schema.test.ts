@@ -92,7 +92,7 @@ describe("rejections (one per rule, message and path)", () => {
   it("unknown top-level keys of the namespace", () => {
     const cfg = fileConfig("lab");
     cfg.host = {};
-    expectOnly(cfg, "(top level)", /^unknown field "host" \(allowed: sshPrivateKey, targets, policies, hosts\)$/);
+    expectOnly(cfg, "(top level)", /^unknown field "host" \(allowed: sshPrivateKey, targets, policies, hosts, acknowledge\)$/);
   });
 
   const unsafe = ["bad name", "../etc", "-rf", "a/b", "$(reboot)", "x;y", "..", ""];
