@@ -6,6 +6,7 @@
 import type { TestProject } from "vitest/node";
 import { startSshdLab } from "./sshdLab.ts";
 import { startLibvirtLab } from "./libvirtLab.ts";
+import { startCephLab } from "./cephLab.ts";
 
 type Stop = () => Promise<void>;
 
@@ -20,6 +21,9 @@ export default async function setup(project: TestProject): Promise<Stop> {
       }
     }
   };
+  // Ceph's daemons boot by themselves while the other labs start; awaited (and stopped on any failure) below.
+  const ceph = startCephLab();
+  ceph.catch(() => {});
   try {
     // Fixtures register here, e.g.:
     //   const libvirt = await startLibvirtLab(); stops.push(libvirt.stop); project.provide("libvirt", libvirt.info);
@@ -30,7 +34,12 @@ export default async function setup(project: TestProject): Promise<Stop> {
     const libvirt = await startLibvirtLab();
     stops.push(libvirt.stop);
     project.provide("libvirt", libvirt.info);
+    const cephLab = await ceph;
+    stops.push(cephLab.stop);
+    project.provide("ceph", cephLab.info);
+    console.log(`ceph lab: RADOS gateway on ${cephLab.info.endpoint}, ready ${(cephLab.info.startMs / 1000).toFixed(1)} s after its start`);
   } catch (e) {
+    await ceph.then((c) => c.stop(), () => {});
     await teardown();
     throw e;
   }
