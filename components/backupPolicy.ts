@@ -1,6 +1,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { Policy } from "../runner/config/schema.ts";
 import type { Connection } from "./connection.ts";
+import type { HostLayout } from "./render/layout.ts";
 import { scheduleSummary, type ScheduleSummary } from "./render/schedule.ts";
 import { ScheduledJob } from "./scheduledJob.ts";
 
@@ -13,6 +14,7 @@ export interface BackupPolicyArgs {
   connection: Connection;
   /** When the program runs; the next-run output is computed from it. */
   now: Date;
+  layout?: HostLayout;
   dependsOn?: pulumi.Input<pulumi.Resource>[];
 }
 
@@ -33,7 +35,7 @@ export class BackupPolicy extends pulumi.ComponentResource {
     this.schedule = scheduleSummary(args.policy, args.now);
     this.job = new ScheduledJob(
       name,
-      { hostName: args.hostName, policyName: args.policyName, policy: args.policy, connection: args.connection, dependsOn: args.dependsOn },
+      { hostName: args.hostName, policyName: args.policyName, policy: args.policy, connection: args.connection, layout: args.layout, dependsOn: args.dependsOn },
       { parent: this },
     );
     this.registerOutputs({ method: this.method, vms: this.vms, targets: this.targets, schedule: this.schedule });

@@ -2,14 +2,14 @@ import * as pulumi from "@pulumi/pulumi";
 import { remote } from "@pulumi/command";
 import { isAbsolute } from "node:path";
 import { hostConfigJson } from "../runner/config/hostConfig.ts";
-import { type HostConfig, isSafeName, policyNames } from "../runner/config/schema.ts";
+import { type HostConfig, isNormalizedAbsolutePath, isSafeName, policyNames } from "../runner/config/schema.ts";
 import { BackupPolicy } from "./backupPolicy.ts";
 import { COMMAND_ARGS, commandOptions } from "./commandDefaults.ts";
 import { type Connection, hostConnection, type HostConnectionArgs } from "./connection.ts";
 import { RemoteTarget } from "./remoteTarget.ts";
 import type { BundleArtifact } from "./render/artifact.ts";
 import { sha256 } from "./render/hash.ts";
-import { HOST_LAYOUT, releaseBundle } from "./render/layout.ts";
+import { hostLayout, type HostLayout, releaseBundle } from "./render/layout.ts";
 import type { ScheduleSummary } from "./render/schedule.ts";
 import {
   renderConfigInstall,
@@ -33,6 +33,8 @@ export interface KvmHostArgs {
   bundle: BundleArtifact;
   /** When the program runs (next-run outputs). */
   now?: Date;
+  /** The deploy root on the host (`hosts.<host>.root`, default "/"; see hostLayout). */
+  root?: string;
 }
 
 export interface PolicyOutputs extends ScheduleSummary {
@@ -46,11 +48,16 @@ export function validateKvmHostArgs(name: string, args: KvmHostArgs): void {
   const where = `KvmHost ${name}`;
   if (!isSafeName(args.hostName)) throw new Error(`${where}: host name "${args.hostName}" is not a safe name`);
   if (args.config.host !== args.hostName) throw new Error(`${where}: the config is for host "${args.config.host}", not "${args.hostName}"`);
+  if (args.root !== undefined && !isNormalizedAbsolutePath(args.root)) throw new Error(`${where}: the deploy root "${args.root}" must be an absolute, normalized path`);
+  const etcDir = hostLayout(args.root).etcDir;
   if (!isAbsolute(args.bundle.path)) throw new Error(`${where}: the bundle path ${args.bundle.path} must be absolute`);
   if (!/^[0-9a-f]{64}$/.test(args.bundle.sha256)) throw new Error(`${where}: the bundle sha256 must be 64 hex digits`);
   for (const [t, target] of Object.entries(args.config.targets)) {
     if (target.type === "ssh" && args.targetKeys[t] === undefined) {
       throw new Error(`${where}: ssh target "${t}" has no private key (targets.${t}.privateKey, a secret)`);
+    }
+    if (target.type === "ssh" && !target.keyFile.startsWith(`${etcDir}/`)) {
+      throw new Error(`${where}: ssh target "${t}" names key file ${target.keyFile}, outside the deploy's ${etcDir} (render the host config with the host's root)`);
     }
   }
   for (const t of Object.keys(args.targetKeys)) {
@@ -75,6 +82,7 @@ export class KvmHost extends pulumi.ComponentResource {
   readonly configJson: string;
   readonly configHash: string;
   readonly runnerRelease: string;
+  readonly layout: HostLayout;
   /** The version line `kvm-backup --version` printed on the host after the switch. */
   readonly runnerVersion: pulumi.Output<string>;
   readonly policies: Record<string, PolicyOutputs>;
@@ -87,6 +95,8 @@ export class KvmHost extends pulumi.ComponentResource {
     validateKvmHostArgs(name, args);
     const hostName = args.hostName;
     const { bundle, config } = args;
+    const layout = hostLayout(args.root);
+    this.layout = layout;
     const connection = hostConnection({ ...args.connection, privateKey: pulumi.secret(args.connection.privateKey) });
     this.connection = connection;
     this.configJson = hostConfigJson(config);
@@ -96,12 +106,12 @@ export class KvmHost extends pulumi.ComponentResource {
     // Re-created (delete is a no-op) for each new bundle, so the copy below has its directory.
     const releaseDir = new remote.Command(
       `${name}/release`,
-      { ...COMMAND_ARGS, connection, create: renderReleaseDirCreate({ hostName, releaseId: bundle.releaseId }), triggers: [bundle.sha256] },
+      { ...COMMAND_ARGS, connection, create: renderReleaseDirCreate({ hostName, releaseId: bundle.releaseId, layout }), triggers: [bundle.sha256] },
       commandOptions(this),
     );
     const bundleCopy = new remote.CopyToRemote(
       `${name}/bundle`,
-      { connection, source: new pulumi.asset.FileAsset(bundle.path), remotePath: releaseBundle(HOST_LAYOUT, bundle.releaseId), triggers: [bundle.sha256] },
+      { connection, source: new pulumi.asset.FileAsset(bundle.path), remotePath: releaseBundle(layout, bundle.releaseId), triggers: [bundle.sha256] },
       { parent: this, dependsOn: [releaseDir], deleteBeforeReplace: true },
     );
     // Runs again whenever the bundle or the config changes; everything that changes the host waits for it.
@@ -110,7 +120,7 @@ export class KvmHost extends pulumi.ComponentResource {
       {
         ...COMMAND_ARGS,
         connection,
-        create: renderPreflight({ hostName, releaseId: bundle.releaseId, bundleSha256: bundle.sha256, configSha256: this.configHash }),
+        create: renderPreflight({ hostName, releaseId: bundle.releaseId, bundleSha256: bundle.sha256, configSha256: this.configHash, layout }),
         stdin: this.configJson,
         triggers: [bundle.sha256, this.configHash],
       },
@@ -121,8 +131,8 @@ export class KvmHost extends pulumi.ComponentResource {
       {
         ...COMMAND_ARGS,
         connection,
-        create: renderRunnerInstall({ hostName, releaseId: bundle.releaseId, bundleSha256: bundle.sha256 }),
-        delete: renderRunnerUninstall({ hostName }),
+        create: renderRunnerInstall({ hostName, releaseId: bundle.releaseId, bundleSha256: bundle.sha256, layout }),
+        delete: renderRunnerUninstall({ hostName, layout }),
       },
       commandOptions(this, [this.preflight]),
     );
@@ -131,7 +141,7 @@ export class KvmHost extends pulumi.ComponentResource {
       ([t, target]) =>
         new RemoteTarget(
           `${name}/${t}`,
-          { hostName, targetName: t, target, connection, privateKey: args.targetKeys[t], dependsOn: [this.preflight] },
+          { hostName, targetName: t, target, connection, privateKey: args.targetKeys[t], layout, dependsOn: [this.preflight] },
           { parent: this },
         ),
     );
@@ -140,8 +150,8 @@ export class KvmHost extends pulumi.ComponentResource {
       {
         ...COMMAND_ARGS,
         connection,
-        create: renderConfigInstall({ hostName, configSha256: this.configHash }),
-        delete: renderConfigRemove({ hostName }),
+        create: renderConfigInstall({ hostName, configSha256: this.configHash, layout }),
+        delete: renderConfigRemove({ hostName, layout }),
         stdin: this.configJson,
       },
       commandOptions(this, [this.runner, staging, ...targets]),
@@ -152,7 +162,7 @@ export class KvmHost extends pulumi.ComponentResource {
       const vms = Object.entries(config.vms)
         .filter(([, vm]) => policyNames(vm).includes(p))
         .map(([v]) => v);
-      const bp = new BackupPolicy(`${name}/${p}`, { hostName, policyName: p, policy, vms, connection, now, dependsOn: [this.configFile] }, { parent: this });
+      const bp = new BackupPolicy(`${name}/${p}`, { hostName, policyName: p, policy, vms, connection, now, layout, dependsOn: [this.configFile] }, { parent: this });
       this.policies[p] = { ...bp.schedule, service: bp.job.service, timer: bp.job.timer, vms: bp.vms };
     }
     this.runnerVersion = this.runner.stdout.apply((s) => (s ?? "").trim().split("\n").pop() ?? "");

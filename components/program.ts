@@ -11,6 +11,7 @@ import { displayPath, loadStackFile, NAMESPACE, parseDecryptedConfig, stackFileP
 import type { StackConfig } from "../runner/config/schema.ts";
 import { KvmHost, type PolicyOutputs } from "./kvmHost.ts";
 import { type BundleArtifact, bundleArtifact, BundleMissingError } from "./render/artifact.ts";
+import { hostLayout } from "./render/layout.ts";
 
 export interface HostOutputs {
   address: string;
@@ -56,10 +57,11 @@ export function buildHosts(stack: StackConfig, bundle: BundleArtifact, now = new
     const kvm = new KvmHost(hostName, {
       hostName,
       connection: { address: host.address, port: host.port, user: host.user, hostKey: host.hostKey, privateKey: secrets.privateKey },
-      config: renderHostConfig(stack, hostName),
+      config: renderHostConfig(stack, hostName, hostLayout(host.root).etcDir),
       targetKeys: secrets.targetKeys,
       bundle,
       now,
+      root: host.root,
     });
     outputs[hostName] = {
       address: host.address,

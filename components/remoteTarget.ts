@@ -3,7 +3,7 @@ import { remote } from "@pulumi/command";
 import type { HostTarget } from "../runner/config/schema.ts";
 import { COMMAND_ARGS, commandOptions } from "./commandDefaults.ts";
 import type { Connection } from "./connection.ts";
-import { HOST_LAYOUT, keyFile } from "./render/layout.ts";
+import { HOST_LAYOUT, type HostLayout, keyFile } from "./render/layout.ts";
 import { renderKeyInstall, renderKeyRemove } from "./render/scripts.ts";
 
 export interface RemoteTargetArgs {
@@ -14,6 +14,8 @@ export interface RemoteTargetArgs {
   connection: Connection;
   /** Required for ssh targets: the private key, a secret. */
   privateKey?: pulumi.Input<string>;
+  /** Where the deploy installs on the host (default: the real paths). */
+  layout?: HostLayout;
   dependsOn?: pulumi.Input<pulumi.Resource>[];
 }
 
@@ -40,7 +42,8 @@ export class RemoteTarget extends pulumi.ComponentResource {
       if (args.privateKey === undefined) {
         throw new Error(`RemoteTarget ${name}: ssh target "${args.targetName}" needs its private key (targets.${args.targetName}.privateKey, a secret)`);
       }
-      const expected = keyFile(HOST_LAYOUT, args.targetName);
+      const layout = args.layout ?? HOST_LAYOUT;
+      const expected = keyFile(layout, args.targetName);
       if (args.target.keyFile !== expected) {
         throw new Error(`RemoteTarget ${name}: the host config names key file ${args.target.keyFile}, the deploy installs ${expected}`);
       }
@@ -50,8 +53,8 @@ export class RemoteTarget extends pulumi.ComponentResource {
         {
           ...COMMAND_ARGS,
           connection: args.connection,
-          create: renderKeyInstall({ hostName: args.hostName, target: args.targetName }),
-          delete: renderKeyRemove({ hostName: args.hostName, target: args.targetName }),
+          create: renderKeyInstall({ hostName: args.hostName, target: args.targetName, layout }),
+          delete: renderKeyRemove({ hostName: args.hostName, target: args.targetName, layout }),
           // A changed key is an update: `create` runs again with the new stdin.
           stdin: pulumi.secret(pulumi.output(args.privateKey).apply(withTrailingNewline)),
         },

@@ -4,6 +4,7 @@ import type { Policy } from "../runner/config/schema.ts";
 import { COMMAND_ARGS, commandOptions } from "./commandDefaults.ts";
 import type { Connection } from "./connection.ts";
 import { sha256 } from "./render/hash.ts";
+import { HOST_LAYOUT, type HostLayout } from "./render/layout.ts";
 import { renderUnitsInstall, renderUnitsRemove, unitsStdin } from "./render/scripts.ts";
 import { renderServiceUnit, renderTimerUnit, unitNames } from "./render/units.ts";
 
@@ -12,6 +13,8 @@ export interface ScheduledJobArgs {
   policyName: string;
   policy: Policy;
   connection: Connection;
+  /** Where the deploy installs on the host (default: the real paths). */
+  layout?: HostLayout;
   dependsOn?: pulumi.Input<pulumi.Resource>[];
 }
 
@@ -30,10 +33,11 @@ export class ScheduledJob extends pulumi.ComponentResource {
 
   constructor(name: string, args: ScheduledJobArgs, opts?: pulumi.ComponentResourceOptions) {
     super("kvm-backup:index:ScheduledJob", name, {}, opts);
+    const layout = args.layout ?? HOST_LAYOUT;
     const names = unitNames(args.policyName);
     this.service = names.service;
     this.timer = names.timer;
-    this.serviceUnit = renderServiceUnit(args.policyName, args.policy);
+    this.serviceUnit = renderServiceUnit(args.policyName, args.policy, layout);
     this.timerUnit = renderTimerUnit(args.policyName, args.policy);
     const { stdin, serviceBytes } = unitsStdin(this.serviceUnit, this.timerUnit);
     this.unitsHash = sha256(stdin);
@@ -48,8 +52,9 @@ export class ScheduledJob extends pulumi.ComponentResource {
           serviceBytes,
           serviceSha256: sha256(this.serviceUnit),
           timerSha256: sha256(this.timerUnit),
+          layout,
         }),
-        delete: renderUnitsRemove({ hostName: args.hostName, policyName: args.policyName }),
+        delete: renderUnitsRemove({ hostName: args.hostName, policyName: args.policyName, layout }),
         stdin,
       },
       commandOptions(this, args.dependsOn),

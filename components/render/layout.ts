@@ -1,10 +1,13 @@
 /**
  * Where the deploy puts things on a KVM host. One object so that the scripts can be exercised under a
- * temporary root in tests (`hostLayout("/tmp/x")`) while production uses the real paths.
+ * temporary root in tests (`hostLayout("/tmp/x")`, or `hosts.<host>.root` in a stack) while production uses
+ * the real paths (root "/").
  */
 import { ETC_DIR, HOST_CONFIG_FILE, targetKeyFile } from "../../runner/config/hostConfig.ts";
 
 export interface HostLayout {
+  /** "/" for a real install; otherwise the directory every path below is prefixed with. */
+  root: string;
   /** Versioned runner releases and the `current` symlink. */
   installDir: string;
   releasesDir: string;
@@ -15,24 +18,28 @@ export interface HostLayout {
   configFile: string;
   keysDir: string;
   unitDir: string;
-  /** What systemd checks to tell whether it runs as PID 1 (sd_booted()). */
+  /** What systemd checks to tell whether it runs as PID 1 (sd_booted()); only looked at when root is "/". */
   systemdRunDir: string;
 }
 
 export const BUNDLE_FILE = "kvm-backup.mjs";
 
-export function hostLayout(root = ""): HostLayout {
-  const installDir = `${root}/opt/kvm-backup`;
+/** `root` "/" (or "") is the real layout; any other absolute directory prefixes every path. */
+export function hostLayout(root = "/"): HostLayout {
+  const p = root === "/" ? "" : root.replace(/\/+$/, "");
+  if (p && !p.startsWith("/")) throw new Error(`the deploy root "${root}" must be an absolute path`);
+  const installDir = `${p}/opt/kvm-backup`;
   return {
+    root: p || "/",
     installDir,
     releasesDir: `${installDir}/releases`,
     currentLink: `${installDir}/current`,
-    binLink: `${root}/usr/local/bin/kvm-backup`,
-    etcDir: `${root}${ETC_DIR}`,
-    configFile: `${root}${HOST_CONFIG_FILE}`,
-    keysDir: `${root}${ETC_DIR}/keys`,
-    unitDir: `${root}/etc/systemd/system`,
-    systemdRunDir: `${root}/run/systemd/system`,
+    binLink: `${p}/usr/local/bin/kvm-backup`,
+    etcDir: `${p}${ETC_DIR}`,
+    configFile: `${p}${HOST_CONFIG_FILE}`,
+    keysDir: `${p}${ETC_DIR}/keys`,
+    unitDir: `${p}/etc/systemd/system`,
+    systemdRunDir: `${p}/run/systemd/system`,
   };
 }
 

@@ -29,6 +29,9 @@ function verifySha(file: string, sha: string, what: string): string {
   return `printf '%s  %s\\n' ${shq(sha)} ${shq(file)} | sha256sum -c --status - || { rm -f ${shq(file)}; fail ${shq(`${what} arrived incomplete or changed in transit (expected sha256 ${sha}); run pulumi up again`)}; }`;
 }
 
+/** The PATH systemd gives system services (`systemd-path search-binaries-default`). */
+export const SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 export interface ReleaseScriptArgs {
   hostName: string;
   releaseId: string;
@@ -65,6 +68,8 @@ export function renderPreflight({ hostName, releaseId, bundleSha256, configSha25
     prelude(hostName, "preflight"),
     `command -v node >/dev/null 2>&1 || fail "Node.js is not installed; the runner needs Node.js >= 18 (Debian: apt-get install nodejs); nothing was changed on this host" 3`,
     `node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' || fail "Node.js $(node --version) is too old; the runner needs Node.js >= 18; nothing was changed on this host" 3`,
+    // The units start the runner through `#!/usr/bin/env node` with systemd's PATH, not the login shell's.
+    `(PATH=${SYSTEMD_PATH}; command -v node >/dev/null 2>&1) || fail "node is on the login PATH ($(command -v node)) but not on the PATH systemd gives services (${SYSTEMD_PATH}), so the timers could not start the runner; install Node.js from the distribution (apt-get install nodejs) or link it into /usr/local/bin; nothing was changed on this host" 3`,
     `command -v sha256sum >/dev/null 2>&1 || fail "sha256sum (coreutils) is missing" 3`,
     verifySha(bundle, bundleSha256, `the runner bundle ${bundle}`),
     `tmpd=$(mktemp -d /tmp/kvm-backup-preflight.XXXXXX) || fail "cannot create a temporary directory in /tmp"`,
@@ -234,8 +239,42 @@ export function unitsStdin(service: string, timer: string): { stdin: string; ser
 }
 
 /**
- * Installs the service and timer of one policy and (re-)enables the timer. Without systemd as PID 1 (a
- * container, a chroot) the units are installed and the timer starts at the next boot.
+ * Enables a timer. With systemd running (root "/" and /run/systemd/system present): daemon-reload, enable,
+ * restart. Otherwise (a container, a chroot, or a deploy under another root) `systemctl --root` links the timer
+ * into timers.target.wants on the file system only, so it starts at the next boot of that system; a deploy
+ * under another root never talks to the running systemd.
+ */
+function enableTimer(layout: HostLayout, timer: string): string[] {
+  const offline = [
+    `command -v systemctl >/dev/null 2>&1 || fail "systemctl is missing: the timers need systemd (apt-get install systemd)"`,
+    `out=$(systemctl --root=${shq(layout.root)} enable ${shq(timer)} 2>&1) || fail ${shq(`systemctl --root=${layout.root} enable ${timer} failed:`)}" $out"`,
+  ];
+  if (layout.root !== "/") return [...offline, `echo ${shq(`${timer} installed and enabled under ${layout.root}`)}`];
+  return [
+    `if [ -d ${shq(layout.systemdRunDir)} ]; then`,
+    "  systemctl daemon-reload",
+    `  systemctl enable ${shq(timer)}`,
+    `  systemctl restart ${shq(timer)}`,
+    `  echo ${shq(`${timer} enabled`)}`,
+    "else",
+    ...offline.map((l) => `  ${l}`),
+    `  echo ${shq(`${timer} installed and enabled; systemd is not running here, so it starts at the next boot`)}`,
+    "fi",
+  ];
+}
+
+/** The reverse of enableTimer; never fails (the unit may be gone already). */
+function disableTimer(layout: HostLayout, timer: string): string[] {
+  const offline = `systemctl --root=${shq(layout.root)} disable ${shq(timer)} >/dev/null 2>&1 || true`;
+  // The wants link by hand as well, for a host where systemctl is gone.
+  const link = `rm -f ${shq(`${layout.unitDir}/timers.target.wants/${timer}`)}`;
+  if (layout.root !== "/") return [offline, link];
+  return [`if [ -d ${shq(layout.systemdRunDir)} ]; then systemctl disable --now ${shq(timer)} >/dev/null 2>&1 || true; else ${offline}; fi`, link];
+}
+
+/**
+ * Installs the service and timer of one policy and (re-)enables the timer (see enableTimer for a host
+ * without systemd running).
  */
 export function renderUnitsInstall({ hostName, policyName, serviceBytes, serviceSha256, timerSha256, layout = HOST_LAYOUT }: UnitScriptArgs): string {
   const u = unitNames(policyName);
@@ -257,14 +296,7 @@ export function renderUnitsInstall({ hostName, policyName, serviceBytes, service
     `chmod 0644 ${shq(`${svc}.new`)} ${shq(`${tim}.new`)}`,
     `mv -f ${shq(`${svc}.new`)} ${shq(svc)}`,
     `mv -f ${shq(`${tim}.new`)} ${shq(tim)}`,
-    `if [ -d ${shq(layout.systemdRunDir)} ]; then`,
-    "  systemctl daemon-reload",
-    `  systemctl enable ${shq(u.timer)}`,
-    `  systemctl restart ${shq(u.timer)}`,
-    `  echo ${shq(`${u.timer} enabled`)}`,
-    "else",
-    `  echo ${shq(`${u.timer} installed; systemd is not running here, so it starts at the next boot`)}`,
-    "fi",
+    ...enableTimer(layout, u.timer),
     "",
   ].join("\n");
 }
@@ -275,9 +307,10 @@ export function renderUnitsRemove({ hostName, policyName, layout = HOST_LAYOUT }
   return [
     "set -u",
     prelude(hostName, `units removal of policy ${policyName}`),
-    `if [ -d ${shq(layout.systemdRunDir)} ]; then systemctl disable --now ${shq(u.timer)} >/dev/null 2>&1 || true; fi`,
+    ...disableTimer(layout, u.timer),
     `rm -f ${shq(`${layout.unitDir}/${u.timer}`)} ${shq(`${layout.unitDir}/${u.service}`)} ${shq(`${layout.unitDir}/${u.timer}.new`)} ${shq(`${layout.unitDir}/${u.service}.new`)}`,
-    `if [ -d ${shq(layout.systemdRunDir)} ]; then systemctl daemon-reload || true; fi`,
+    `rmdir ${shq(`${layout.unitDir}/timers.target.wants`)} 2>/dev/null || true`,
+    ...(layout.root === "/" ? [`if [ -d ${shq(layout.systemdRunDir)} ]; then systemctl daemon-reload || true; fi`] : []),
     `echo ${shq(`${u.timer} removed`)}`,
     "",
   ].join("\n");

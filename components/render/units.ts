@@ -22,6 +22,15 @@ function span(value: string | number): string {
   return formatDuration(parseDuration(value));
 }
 
+/**
+ * The runner's command line. Under another deploy root the runner's default config path would be the real
+ * /etc/kvm-backup/config.json, so the unit names the installed one.
+ */
+function execStart(policyName: string, layout: HostLayout): string {
+  const config = layout.root === "/" ? "" : ` --config ${layout.configFile}`;
+  return `${layout.binLink}${config} run --policy ${policyName}`;
+}
+
 export function renderServiceUnit(policyName: string, policy: Policy, layout: HostLayout = HOST_LAYOUT): string {
   const { limits } = policy;
   const lines = [
@@ -34,7 +43,7 @@ export function renderServiceUnit(policyName: string, policy: Policy, layout: Ho
     "",
     "[Service]",
     "Type=oneshot",
-    `ExecStart=${layout.binLink} run --policy ${policyName}`,
+    `ExecStart=${execStart(policyName, layout)}`,
     `Nice=${limits.nice}`,
     `IOSchedulingClass=${limits.ioClass}`,
     `IOSchedulingPriority=${limits.ioPriority}`,

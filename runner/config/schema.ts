@@ -296,6 +296,13 @@ function host<S extends z.ZodType>(secret: S) {
     libvirtUri: LibvirtUri.default("qemu:///system"),
     staging: Staging,
     vms: namedRecord(Vm),
+    /**
+     * Where the deploy installs on the host: "/" (runner in /opt/kvm-backup, config in /etc/kvm-backup, units in
+     * /etc/systemd/system). Another directory prefixes every one of those paths and the units name the prefixed
+     * paths; timers are then only enabled inside that directory (`systemctl --root`), never in the running
+     * systemd. For tests and trial installs.
+     */
+    root: AbsPath.default("/"),
   });
 }
 

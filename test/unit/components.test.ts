@@ -15,7 +15,7 @@ import { hostConfigJson, renderHostConfig } from "../../runner/config/hostConfig
 import { StackConfig } from "../../runner/config/schema.ts";
 import { type CapturedResource, duplicateUrns, plainStrings } from "../../scripts/preview-offline/capture.ts";
 import { captureWithMocks, MOCK_RUNNER_VERSION } from "../../scripts/preview-offline/mockCapture.ts";
-import { pulumiConfigFor } from "../../scripts/preview-offline/stackConfig.ts";
+import { mergeOverrides, pulumiConfigFor } from "../../scripts/preview-offline/stackConfig.ts";
 
 const projectDir = process.cwd();
 const NOW = new Date("2026-03-01T12:00:00Z");
@@ -224,6 +224,40 @@ for (const stack of ["lab", "prod.example"] as const) {
     });
   });
 }
+
+describe("a host deployed under another root (hosts.<host>.root)", () => {
+  const root = "/srv/kvmb-try";
+  let resources: CapturedResource[];
+
+  beforeAll(async () => {
+    const overrides = mergeOverrides(SECRETS.lab, { hosts: { lab: { root } } }) as Record<string, unknown>;
+    resources = (await captureWithMocks({ projectDir, stack: "lab", bundlePath, now: NOW, overrides })).resources;
+  }, 60_000);
+
+  it("prefixes every path the deploy writes or removes; staging stays where the stack puts it", () => {
+    const scripts = resources.filter((r) => r.type === CMD).flatMap((r) => [r.inputs.create, r.inputs.delete]).filter((x): x is string => typeof x === "string");
+    expect(scripts.length).toBeGreaterThan(8);
+    for (const text of scripts) expect(text.replaceAll(`'${root}/`, "'<root>/")).not.toMatch(/'\/(etc|opt|usr\/local)\//);
+    expect(byName(resources, COPY, "lab/bundle").inputs.remotePath).toMatch(new RegExp(`^${root}/opt/kvm-backup/releases/[0-9a-f]{16}/kvm-backup\\.mjs$`));
+    const config = JSON.parse(String(byName(resources, CMD, "lab/config").inputs.stdin));
+    expect(config.targets["lab-ssh"].keyFile).toBe(`${root}/etc/kvm-backup/keys/lab-ssh.key`);
+    expect(config.staging.path).toBe("/var/lib/kvm-backup/staging");
+    expect(String(byName(resources, CMD, "lab/staging/dir").inputs.create)).toContain("mkdir -p '/var/lib/kvm-backup/staging'");
+    expect(String(byName(resources, CMD, "lab/lab-nightly/units").inputs.stdin)).toContain(
+      `\nExecStart=${root}/usr/local/bin/kvm-backup --config ${root}/etc/kvm-backup/config.json run --policy lab-nightly\n`,
+    );
+  });
+
+  it("a relative or non-normalized root is refused before any resource", () => {
+    const cfg = decryptedStack("lab");
+    for (const bad of ["srv/x", "/srv/../x", "/srv/x/"]) {
+      const raw = { ...cfg, hosts: { lab: { ...cfg.hosts.lab!, root: bad } } };
+      const r = StackConfig.safeParse(raw);
+      expect(r.success).toBe(false);
+      expect(JSON.stringify(r.error!.issues)).toContain("must be an absolute, normalized path");
+    }
+  });
+});
 
 describe("validation before any resource", () => {
   function project(stackYaml: string): string {

@@ -248,7 +248,7 @@ describe("systemd units", () => {
   const service = "[Service]\nType=oneshot\nExecStart=/usr/local/bin/kvm-backup run --policy p\n";
   const timer = "[Timer]\nOnCalendar=daily\n";
 
-  function installUnits(svc = service, tim = timer, stdinOverride?: string) {
+  function installUnits(svc = service, tim = timer + "[Install]\nWantedBy=timers.target\n", stdinOverride?: string) {
     const { stdin, serviceBytes } = unitsStdin(svc, tim);
     return sh(
       renderUnitsInstall({ hostName: "h1", policyName: "p", serviceBytes, serviceSha256: sha256(svc), timerSha256: sha256(tim), layout }),
@@ -256,15 +256,30 @@ describe("systemd units", () => {
     );
   }
 
-  it("splits stdin into the two unit files exactly, and without systemd says the timer starts at boot", () => {
+  const wants = () => join(layout.unitDir, "timers.target.wants", "kvm-backup-p.timer");
+
+  it("splits stdin into the two unit files exactly and enables the timer inside the root only (systemctl --root)", () => {
     const svc = service + "# ünïcode in a comment\n";
     const r = installUnits(svc);
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
     expect(readFileSync(join(layout.unitDir, "kvm-backup-p.service"), "utf8")).toBe(svc);
-    expect(readFileSync(join(layout.unitDir, "kvm-backup-p.timer"), "utf8")).toBe(timer);
+    expect(readFileSync(join(layout.unitDir, "kvm-backup-p.timer"), "utf8")).toBe(timer + "[Install]\nWantedBy=timers.target\n");
     expect(mode(join(layout.unitDir, "kvm-backup-p.timer"))).toBe(0o644);
-    expect(r.stdout).toContain("systemd is not running here, so it starts at the next boot");
+    // systemctl --root writes the link relative to that root, as the system in it will see it at boot.
+    expect(readlinkSync(wants())).toBe("/etc/systemd/system/kvm-backup-p.timer");
+    expect(r.stdout).toBe(`kvm-backup-p.timer installed and enabled under ${root}\n`);
+    expect(spawnSync("systemctl", [`--root=${root}`, "is-enabled", "kvm-backup-p.timer"], { encoding: "utf8" }).stdout.trim()).toBe("enabled");
+    // Again (every update runs create again): still enabled, nothing else.
+    expect(installUnits(svc).status).toBe(0);
+    expect(readlinkSync(wants())).toBe("/etc/systemd/system/kvm-backup-p.timer");
+  });
+
+  it("a timer that cannot be enabled fails the step with systemctl's words", () => {
+    const r = installUnits(service, "[Timer]\nOnCalendar=daily\n[Install]\nWantedBy=../../evil\n");
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("systemctl --root=");
+    expect(r.stderr).toContain("enable kvm-backup-p.timer failed:");
   });
 
   it("a damaged transfer keeps the installed units", () => {
@@ -274,12 +289,22 @@ describe("systemd units", () => {
     expect(readFileSync(join(layout.unitDir, "kvm-backup-p.service"), "utf8")).toBe(service);
   });
 
-  it("removal deletes both units, twice without error, and nothing else", () => {
+  it("removal disables the timer, deletes both units, twice without error, and nothing else", () => {
     installUnits();
     writeFileSync(join(layout.unitDir, "other.service"), "x");
     for (let i = 0; i < 2; i++) expect(sh(renderUnitsRemove({ hostName: "h1", policyName: "p", layout })).status).toBe(0);
     expect(existsSync(join(layout.unitDir, "kvm-backup-p.service"))).toBe(false);
     expect(existsSync(join(layout.unitDir, "kvm-backup-p.timer"))).toBe(false);
+    expect(() => lstatSync(wants())).toThrow(/ENOENT/);
     expect(existsSync(join(layout.unitDir, "other.service"))).toBe(true);
+  });
+
+  it("under root / the script only ever talks to a running systemd (offline enable otherwise)", () => {
+    const real = renderUnitsInstall({ hostName: "h1", policyName: "p", serviceBytes: 1, serviceSha256: "0".repeat(64), timerSha256: "0".repeat(64) });
+    expect(real).toContain("if [ -d '/run/systemd/system' ]; then\n  systemctl daemon-reload\n  systemctl enable 'kvm-backup-p.timer'\n  systemctl restart 'kvm-backup-p.timer'");
+    expect(real).toContain("systemctl --root='/' enable 'kvm-backup-p.timer'");
+    const prefixed = renderUnitsInstall({ hostName: "h1", policyName: "p", serviceBytes: 1, serviceSha256: "0".repeat(64), timerSha256: "0".repeat(64), layout });
+    expect(prefixed).not.toMatch(/systemctl (daemon-reload|enable|restart)/);
+    expect(renderUnitsRemove({ hostName: "h1", policyName: "p", layout })).not.toMatch(/systemctl (daemon-reload|disable --now)/);
   });
 });

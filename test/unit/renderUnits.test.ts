@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { nextElapse, parseCalendar } from "../../runner/config/calendar.ts";
 import { loadStackFile } from "../../runner/config/loadStack.ts";
 import { type Policy, Policy as PolicySchema } from "../../runner/config/schema.ts";
-import { HOST_LAYOUT } from "../../components/render/layout.ts";
+import { HOST_LAYOUT, hostLayout } from "../../components/render/layout.ts";
 import { scheduleSummary } from "../../components/render/schedule.ts";
 import { renderServiceUnit, renderTimerUnit, unitNames } from "../../components/render/units.ts";
 
@@ -103,6 +103,12 @@ describe("rendered service", () => {
     expect(text).toContain("\nCPUQuota=50%\n");
     expect(text).toContain("\nTimeoutStartSec=6h\n");
     expect(text).not.toContain("RuntimeMaxSec");
+  });
+
+  it("under another deploy root names the prefixed command and config", () => {
+    const text = renderServiceUnit("nightly", extraPolicies[0]![1], hostLayout("/srv/try"));
+    expect(text).toContain("\nExecStart=/srv/try/usr/local/bin/kvm-backup --config /srv/try/etc/kvm-backup/config.json run --policy nightly\n");
+    expect(renderServiceUnit("nightly", extraPolicies[0]![1], hostLayout("/"))).toContain("\nExecStart=/usr/local/bin/kvm-backup run --policy nightly\n");
   });
 
   it("has no CPUQuota= line without a cpuQuota", () => {
