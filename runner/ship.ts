@@ -245,9 +245,7 @@ export interface TargetPending {
 export function targetStatus(cfg: HostConfig): TargetPending[] {
   const rows = new Map<string, TargetPending>();
   for (const name of usedTargets(cfg)) {
-    const t = cfg.targets[name]!;
-    const where = t.type === "ssh" ? `ssh ${t.user}@${t.host}:${t.port}${t.path}` : `path ${t.path}`;
-    rows.set(name, { target: name, where, pending: [], lastShippedAt: undefined });
+    rows.set(name, { target: name, where: openTarget(cfg, name).where, pending: [], lastShippedAt: undefined });
   }
   for (const vm of Object.keys(cfg.vms)) {
     for (const b of listBackups(cfg.staging.path, vm)) {

@@ -1,6 +1,7 @@
 /**
  * The host's slice of the stack: what `pulumi up` writes to /etc/kvm-backup/config.json and the runner reads.
- * Secrets are not in it: target keys are separate root-only files whose paths the config names.
+ * Secrets are not in it: target keys (an ssh target's private key, an s3 target's access keys) are separate
+ * root-only files whose paths the config names (keyFile, credentialsFile).
  */
 import { readFileSync } from "node:fs";
 import { ConfigError, problemsFromZod } from "./configErrors.ts";
@@ -24,6 +25,10 @@ export function renderHostConfig(stack: StackConfig, hostName: string, etcDir = 
     Object.entries(stack.targets)
       .filter(([n]) => targetUsed.has(n))
       .map(([n, t]) => {
+        if (t.type === "s3") {
+          const { accessKeyId: _id, secretAccessKey: _secret, ...rest } = t;
+          return [n, { ...rest, credentialsFile: targetKeyFile(n, etcDir) }];
+        }
         if (t.type !== "ssh") return [n, t];
         const { privateKey: _secret, ...rest } = t;
         return [n, { ...rest, keyFile: targetKeyFile(n, etcDir) }];

@@ -142,6 +142,34 @@ export const Schedule = z
 
 // ---------------------------------------------------------------- targets
 
+/** http(s)://host[:port] of an S3 API, without credentials, path, query or fragment. */
+export const S3Endpoint = z.string({ error: 'must be the URL of the S3 API, like "https://s3.eu-central-1.amazonaws.com" or "http://10.0.0.5:7480"' }).superRefine((v, ctx) => {
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    ctx.addIssue({ code: "custom", message: `"${v}" is not a URL; use the S3 API's address like "https://s3.eu-central-1.amazonaws.com" or "http://10.0.0.5:7480"` });
+    return;
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") ctx.addIssue({ code: "custom", message: `"${v}" must start with https:// (or http:// for a gateway on a trusted network)` });
+  else if (u.username || u.password) ctx.addIssue({ code: "custom", message: "must not contain credentials: the keys are accessKeyId and secretAccessKey (secrets)" });
+  else if ((u.pathname !== "/" && u.pathname !== "") || u.search || u.hash) ctx.addIssue({ code: "custom", message: `"${v}" must be only scheme, host and port (the bucket goes in "bucket", key prefixes in "prefix")` });
+});
+
+/** S3 bucket naming rules (the strict, DNS-compatible ones every provider accepts). */
+export const S3Bucket = z
+  .string()
+  .refine((b) => /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(b) && !b.includes("..") && !/^\d+\.\d+\.\d+\.\d+$/.test(b), {
+    error: (iss) => `"${String(iss.input)}" is not a valid bucket name (3-63 characters from a-z 0-9 . -, starting and ending with a letter or digit, not an IP address)`,
+  });
+
+/** A key prefix of safe names joined by "/", without leading or trailing "/"; "" for the whole bucket. */
+export const S3Prefix = z.string().refine((p) => p === "" || p.split("/").every(isSafeName), {
+  error: (iss) => `"${String(iss.input)}" must be names joined by "/" (each ${NAME_HELP}), without a leading or trailing "/", or "" for none`,
+});
+
+export const S3Region = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, { error: (iss) => `"${String(iss.input)}" is not a region name like us-east-1 (self-hosted gateways accept their zonegroup name or any)` });
+
 const targetCommon = {
   /** The longest one backup may take to ship to this target before the attempt is abandoned (retried next run). */
   timeout: Duration.default("2h"),
@@ -166,11 +194,30 @@ const pathTarget = strict({
   ...targetCommon,
 });
 
+/** Object storage: everything but the two keys, which are secrets in the stack and a root-only file on the host. */
+const s3Common = {
+  type: z.literal("s3"),
+  endpoint: S3Endpoint,
+  bucket: S3Bucket,
+  /** Key prefix inside the bucket; objects are <prefix>/<host>/<vm>/<id>/<file>. */
+  prefix: S3Prefix.default(""),
+  region: S3Region.default("us-east-1"),
+  /** bucket in the path (https://gw/bucket/key), which most self-hosted gateways need; false: bucket.gw host names. */
+  forcePathStyle: z.boolean({ error: "must be true or false" }).default(true),
+  /** After upload: read every object back in full (full), or compare size, SHA-256 metadata and sampled ranges (ranged). */
+  verify: oneOf(["full", "ranged"] as const).default("full"),
+  ...targetCommon,
+};
+
+function s3Target<S extends z.ZodType>(secret: S) {
+  return strict({ ...s3Common, accessKeyId: secret, secretAccessKey: secret });
+}
+
 function target<S extends z.ZodType>(secret: S) {
-  return z.discriminatedUnion("type", [sshTarget(secret), pathTarget], {
+  return z.discriminatedUnion("type", [sshTarget(secret), pathTarget, s3Target(secret)], {
     error: (iss) =>
       iss.code === "invalid_union" || iss.code === "invalid_type"
-        ? 'needs "type": ssh (rsync over SSH: host, port, user, path, hostKey, privateKey) or path (a mounted directory: path)'
+        ? 'needs "type": ssh (rsync over SSH: host, port, user, path, hostKey, privateKey), path (a mounted directory: path) or s3 (object storage: endpoint, bucket, prefix, region, accessKeyId, secretAccessKey)'
         : undefined,
   });
 }
@@ -186,7 +233,9 @@ const hostSshTarget = strict({
   keyFile: AbsPath,
   ...targetCommon,
 });
-export const HostTarget = z.discriminatedUnion("type", [hostSshTarget, pathTarget]);
+/** The S3 keys are a root-only file (AWS credentials file format) next to the config. */
+const hostS3Target = strict({ ...s3Common, credentialsFile: AbsPath });
+export const HostTarget = z.discriminatedUnion("type", [hostSshTarget, pathTarget, hostS3Target]);
 
 // ---------------------------------------------------------------- policies
 

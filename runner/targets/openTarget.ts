@@ -2,6 +2,7 @@
 import type { HostConfig } from "../config/schema.ts";
 import { UsageError } from "../errors.ts";
 import { PathTarget } from "./pathTarget.ts";
+import { S3Target } from "./s3Target.ts";
 import { SshTarget } from "./sshTarget.ts";
 import type { Target } from "./target.ts";
 
@@ -11,6 +12,7 @@ export function openTarget(cfg: HostConfig, name: string): Target {
     throw new UsageError(`unknown target "${name}" (known: ${Object.keys(cfg.targets).join(", ") || "none are configured"})`);
   }
   const ctx = { host: cfg.host, staging: cfg.staging.path };
+  if (t.type === "s3") return new S3Target(name, t, ctx);
   return t.type === "ssh" ? new SshTarget(name, t, ctx) : new PathTarget(name, t, ctx);
 }
 

@@ -1,5 +1,6 @@
 /**
- * What ship, prune and verify-target need from a remote target, whatever its kind (ssh, path).
+ * What ship, prune and verify-target need from a remote target, whatever its kind (ssh, path, s3; s3 maps these
+ * places onto object keys, see s3Target.ts).
  *
  * Layout on every target, below the configured path:
  *   <path>/<host>/<vm>/<id>/manifest.json    a complete, verified backup (the same files as in staging, minus state.json)
@@ -62,8 +63,8 @@ export type Place = "final" | "incoming";
 
 export interface Target {
   readonly name: string;
-  readonly kind: "ssh" | "path";
-  /** Human description without secrets: "ssh backup@nas:2222/srv/backups" or "path /mnt/nfs". */
+  readonly kind: "ssh" | "path" | "s3";
+  /** Human description without secrets: "ssh backup@nas:2222/srv/backups", "path /mnt/nfs", "s3 https://gw/bucket/prefix". */
   readonly where: string;
   /** The whole budget of one backup's transfer and check, ms. */
   readonly timeoutMs: number;
