@@ -16,6 +16,7 @@ import {
   renderConfigRemove,
   renderPreflight,
   renderReleaseDirCreate,
+  renderReleaseDirRemove,
   renderRunnerInstall,
   renderRunnerUninstall,
 } from "./render/scripts.ts";
@@ -27,7 +28,7 @@ export interface KvmHostArgs {
   connection: HostConnectionArgs;
   /** The host's slice of the stack (renderHostConfig): what /etc/kvm-backup/config.json will hold. */
   config: HostConfig;
-  /** Private keys (secrets) of the ssh targets in `config.targets`, by target name. */
+  /** Secret files of the targets in `config.targets`, by name: an ssh target's private key, an s3 target's credentials file. */
   targetKeys: Record<string, pulumi.Input<string>>;
   /** The runner bundle to install. */
   bundle: BundleArtifact;
@@ -59,11 +60,17 @@ export function validateKvmHostArgs(name: string, args: KvmHostArgs): void {
     if (target.type === "ssh" && !target.keyFile.startsWith(`${etcDir}/`)) {
       throw new Error(`${where}: ssh target "${t}" names key file ${target.keyFile}, outside the deploy's ${etcDir} (render the host config with the host's root)`);
     }
+    if (target.type === "s3" && args.targetKeys[t] === undefined) {
+      throw new Error(`${where}: s3 target "${t}" has no credentials (targets.${t}.accessKeyId and secretAccessKey, secrets)`);
+    }
+    if (target.type === "s3" && !target.credentialsFile.startsWith(`${etcDir}/`)) {
+      throw new Error(`${where}: s3 target "${t}" names credentials file ${target.credentialsFile}, outside the deploy's ${etcDir} (render the host config with the host's root)`);
+    }
   }
   for (const t of Object.keys(args.targetKeys)) {
     const target = args.config.targets[t];
     if (!target) throw new Error(`${where}: a private key was given for target "${t}", which no policy of this host uses`);
-    if (target.type !== "ssh") throw new Error(`${where}: target "${t}" is a ${target.type} target and takes no private key`);
+    if (target.type === "path") throw new Error(`${where}: target "${t}" is a ${target.type} target and takes no private key`);
   }
   if (Object.keys(args.config.vms).length === 0) throw new Error(`${where}: the host has no VMs to back up`);
 }
@@ -103,10 +110,17 @@ export class KvmHost extends pulumi.ComponentResource {
     this.configHash = sha256(this.configJson);
     this.runnerRelease = bundle.releaseId;
 
-    // Re-created (delete is a no-op) for each new bundle, so the copy below has its directory.
+    // Re-created for each new bundle, so the copy below has its directory. Its delete removes the directory
+    // only while it is not the active release (what a failed preflight leaves behind).
     const releaseDir = new remote.Command(
       `${name}/release`,
-      { ...COMMAND_ARGS, connection, create: renderReleaseDirCreate({ hostName, releaseId: bundle.releaseId, layout }), triggers: [bundle.sha256] },
+      {
+        ...COMMAND_ARGS,
+        connection,
+        create: renderReleaseDirCreate({ hostName, releaseId: bundle.releaseId, layout }),
+        delete: renderReleaseDirRemove({ hostName, releaseId: bundle.releaseId, layout }),
+        triggers: [bundle.sha256],
+      },
       commandOptions(this),
     );
     const bundleCopy = new remote.CopyToRemote(

@@ -51,14 +51,36 @@ export function renderReleaseDirCreate({ hostName, releaseId, layout = HOST_LAYO
   ].join("\n");
 }
 
+/**
+ * Removes a release directory unless it is the active one: what a failed preflight left (the copied bundle of
+ * a release that never became current), so a destroy after it leaves nothing. When a new bundle replaces this
+ * one, this runs while `current` still points here, and the runner install later keeps it as the previous
+ * release.
+ */
+export function renderReleaseDirRemove({ hostName, releaseId, layout = HOST_LAYOUT }: ReleaseScriptArgs): string {
+  return [
+    "set -u",
+    prelude(hostName, "release directory removal"),
+    `if [ "$(readlink ${shq(layout.currentLink)} 2>/dev/null)" = ${shq(`releases/${releaseId}`)} ]; then`,
+    `  echo ${shq(`release ${releaseId} is active; kept`)}`,
+    "else",
+    `  rm -rf -- ${shq(releaseDir(layout, releaseId))}`,
+    `  echo ${shq(`release directory ${releaseId} removed`)}`,
+    "fi",
+    `rmdir ${shq(layout.releasesDir)} 2>/dev/null || true`,
+    `rmdir ${shq(layout.installDir)} 2>/dev/null || true`,
+    "",
+  ].join("\n");
+}
+
 export interface PreflightScriptArgs extends ReleaseScriptArgs {
   bundleSha256: string;
   configSha256: string;
 }
 
 /**
- * Runs `kvm-backup doctor --json` from the bundle about to be installed, against the config about to be
- * installed (read from stdin into a private temp dir). Exit 3 with the doctor's report when the host is not
+ * Runs `kvm-backup doctor --json --before-deploy` from the bundle about to be installed, against the config
+ * about to be installed (read from stdin into a private temp dir). Exit 3 with the doctor's report when the host is not
  * ready; the runner, config, keys and units depend on this resource, so nothing else changes on the host.
  */
 export function renderPreflight({ hostName, releaseId, bundleSha256, configSha256, layout = HOST_LAYOUT }: PreflightScriptArgs): string {
@@ -76,7 +98,7 @@ export function renderPreflight({ hostName, releaseId, bundleSha256, configSha25
     `trap 'rm -rf "$tmpd"' EXIT`,
     `cat > "$tmpd/config.json" || fail "cannot read the host config from stdin"`,
     `printf '%s  %s\\n' ${shq(configSha256)} "$tmpd/config.json" | sha256sum -c --status - || fail ${shq(`the host config arrived incomplete (expected sha256 ${configSha256}); run pulumi up again`)}`,
-    `if report=$(KVM_BACKUP_CONFIG="$tmpd/config.json" node ${shq(bundle)} --config "$tmpd/config.json" doctor --json 2>"$tmpd/stderr"); then`,
+    `if report=$(KVM_BACKUP_CONFIG="$tmpd/config.json" node ${shq(bundle)} --config "$tmpd/config.json" doctor --json --before-deploy 2>"$tmpd/stderr"); then`,
     `  echo ${shq(`preflight passed (release ${releaseId}, config ${configSha256.slice(0, 16)})`)}`,
     "else",
     "  rc=$?",

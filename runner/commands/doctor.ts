@@ -1,5 +1,5 @@
 import { accessSync, constants, existsSync } from "node:fs";
-import { delimiter, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadHostConfig } from "../config/hostConfig.ts";
 import { parseSize } from "../config/sizes.ts";
@@ -55,8 +55,18 @@ function toolCheck(tool: string, why: string): Check {
     : { name: `tool ${tool}`, ok: false, detail: `${tool} not found on PATH (needed ${why})`, fix: `apt-get install ${PACKAGES[tool] ?? tool}` };
 }
 
-/** Every prerequisite of the configured policies; never throws for a failed check. */
-export async function doctorChecks(cfg: HostConfig): Promise<Check[]> {
+/** The path itself or the closest parent directory that exists (where a missing directory would be created). */
+function nearestExisting(path: string): string {
+  let p = path;
+  while (!existsSync(p) && dirname(p) !== p) p = dirname(p);
+  return p;
+}
+
+/**
+ * Every prerequisite of the configured policies; never throws for a failed check. `beforeDeploy`: the deploy
+ * creates the staging directory right after its preflight, so a missing one is checked where it will be created.
+ */
+export async function doctorChecks(cfg: HostConfig, opts: { beforeDeploy?: boolean } = {}): Promise<Check[]> {
   const checks: Check[] = [];
   const major = Number(process.versions.node.split(".")[0]);
   checks.push(major >= 18 ? { name: "node", ok: true, detail: process.version } : { name: "node", ok: false, detail: `Node ${process.version} is too old`, fix: "install Node.js 18 or newer" });
@@ -105,7 +115,15 @@ export async function doctorChecks(cfg: HostConfig): Promise<Check[]> {
   }
 
   const staging = cfg.staging.path;
-  if (!existsSync(staging)) {
+  if (!existsSync(staging) && opts.beforeDeploy) {
+    const parent = nearestExisting(staging);
+    try {
+      const f = await checkLocalStaging(parent, parseSize(cfg.staging.minFree), `staging.minFree (${cfg.staging.minFree})`);
+      checks.push({ name: "staging", ok: true, detail: `${staging} does not exist yet (the deploy creates it); ${parent}: local, ${Math.floor(f.freeBytes / 2 ** 20)} MiB free` });
+    } catch (e) {
+      checks.push({ name: "staging", ok: false, detail: `${staging} would be created in ${parent}: ${(e as Error).message}`, fix: "staging must be on a local filesystem with at least staging.minFree free; mount the staging disk first, or fix staging.path" });
+    }
+  } else if (!existsSync(staging)) {
     checks.push({ name: "staging", ok: false, detail: `${staging} does not exist`, fix: `create it on a local disk with room for the backups (mkdir -p ${staging}), or fix staging.path` });
   } else {
     try {
@@ -121,11 +139,12 @@ export async function doctorChecks(cfg: HostConfig): Promise<Check[]> {
 export const doctor: Command = {
   name: "doctor",
   summary: "check every prerequisite of this host's config, each with a fix (exit 3 if any fails)",
-  usage: "kvm-backup doctor [--json]\n  The deploy runs `doctor --json` as its preflight.",
+  usage:
+    "kvm-backup doctor [--json] [--before-deploy]\n  The deploy runs `doctor --json --before-deploy` as its preflight (a staging directory that does not exist\n  yet is then checked where the deploy will create it).",
   async run(argv, ctx) {
-    const { values } = parseArgs({ args: argv, options: { json: { type: "boolean", default: false } } });
+    const { values } = parseArgs({ args: argv, options: { json: { type: "boolean", default: false }, "before-deploy": { type: "boolean", default: false } } });
     const cfg = loadHostConfig(ctx.configFile);
-    const checks = await doctorChecks(cfg);
+    const checks = await doctorChecks(cfg, { beforeDeploy: values["before-deploy"] });
     const ok = checks.every((c) => c.ok);
     if (values.json) ctx.stdout(JSON.stringify({ ok, host: cfg.host, checks }, null, 2) + "\n");
     else for (const c of checks) ctx.stdout(`${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.detail}${c.fix ? `\n     fix: ${c.fix}` : ""}\n`);

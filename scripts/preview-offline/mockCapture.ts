@@ -1,7 +1,7 @@
 /**
  * Runs the program under pulumi.runtime.setMocks and captures every registration from the wire (see
  * capture.ts). For tests: the mock provider answers each resource with its inputs, a Command's stdout with
- * a fixed version line.
+ * a fixed version line (or what `commandStdout` gives, e.g. the stdout a replay on a real host recorded).
  */
 import * as pulumi from "@pulumi/pulumi";
 import { createRequire } from "node:module";
@@ -20,6 +20,8 @@ export const MOCK_RUNNER_VERSION = "0.0.0-mock";
 
 export interface MockCaptureOptions extends Omit<ProgramOptions, "config"> {
   overrides?: Record<string, unknown>;
+  /** A command's stdout by resource name (e.g. what it printed on a real host); default MOCK_RUNNER_VERSION. */
+  commandStdout?: (name: string) => string | undefined;
 }
 
 export async function captureWithMocks(opts: MockCaptureOptions): Promise<{ resources: CapturedResource[]; outputs: unknown }> {
@@ -27,7 +29,10 @@ export async function captureWithMocks(opts: MockCaptureOptions): Promise<{ reso
     {
       newResource: (args) => ({
         id: `${args.name}-id`,
-        state: args.type === "command:remote:Command" ? { ...args.inputs, stdout: `${MOCK_RUNNER_VERSION}\n`, stderr: "" } : args.inputs,
+        state:
+          args.type === "command:remote:Command"
+            ? { ...args.inputs, stdout: opts.commandStdout?.(args.name) ?? `${MOCK_RUNNER_VERSION}\n`, stderr: "" }
+            : args.inputs,
       }),
       call: () => ({}),
     },

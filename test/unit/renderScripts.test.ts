@@ -18,6 +18,7 @@ import {
   renderKeyRemove,
   renderPreflight,
   renderReleaseDirCreate,
+  renderReleaseDirRemove,
   renderRunnerInstall,
   renderRunnerUninstall,
   renderStagingCreate,
@@ -127,6 +128,25 @@ describe("runner release, install and uninstall", () => {
     expect(existsSync(layout.currentLink)).toBe(false);
     expect(existsSync(layout.releasesDir)).toBe(false);
     expect(readFileSync(join(staging, "web01", "manifest.json"), "utf8")).toBe("{}");
+  });
+
+  it("release removal deletes a release that never became active, keeps the active one, and runs twice", () => {
+    const active = install("1.0.0");
+    const inactive = stageRelease("2.0.0"); // copied, but its preflight failed: never switched to
+    for (let i = 0; i < 2; i++) {
+      const r = sh(renderReleaseDirRemove({ hostName: "h1", releaseId: inactive.releaseId, layout }));
+      expect(r.status).toBe(0);
+    }
+    expect(existsSync(join(layout.releasesDir, inactive.releaseId))).toBe(false);
+    const kept = sh(renderReleaseDirRemove({ hostName: "h1", releaseId: active.releaseId, layout }));
+    expect(kept.stdout).toBe(`release ${active.releaseId} is active; kept\n`);
+    expect(readFileSync(releaseBundle(layout, active.releaseId), "utf8")).toContain("1.0.0");
+  });
+
+  it("release removal on a host with nothing else installed leaves no directory behind", () => {
+    const { releaseId } = stageRelease("1.0.0");
+    expect(sh(renderReleaseDirRemove({ hostName: "h1", releaseId, layout })).status).toBe(0);
+    expect(existsSync(layout.installDir)).toBe(false);
   });
 
   it("uninstall leaves a kvm-backup command that is not ours alone", () => {
