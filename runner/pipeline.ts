@@ -19,7 +19,7 @@ import { LibvirtSnapshotBackend } from "./snapshot/libvirtSnapshot.ts";
 import { LvmSnapshotBackend } from "./snapshot/lvmSnapshot.ts";
 import type { DiskToBackup, SnapshotBackend, VmContext } from "./snapshot/backend.ts";
 import { backupDir, listBackups, listPartials, newBackupId, partialDir, vmDir } from "./staging.ts";
-import { storedFileName, streamDisk, syncFile } from "./stream.ts";
+import { sealStoredFile, storedFileName, streamDisk, type StreamResult } from "./stream.ts";
 import { VERSION } from "./version.ts";
 import { writeRunRecord } from "./runRecord.ts";
 
@@ -158,7 +158,7 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
 
     // 3. Snapshot; from here on the snapshot is removed whatever happens.
     const snap = await backend.snapshot(ctx, disks);
-    const manifestDisks: ManifestDisk[] = [];
+    const streamed: Array<{ disk: (typeof snap.disks)[number]; file: string; result: StreamResult }> = [];
     let peakFillPercent: number | null = null;
     let removedAt: Date | null = null;
     let streamError: unknown = null;
@@ -171,24 +171,12 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
           const started = Date.now();
           const r = await streamDisk({ disk: d, outFile: join(partial, file), compression: policy.compression, limits: policy.limits, signal: ctrl.signal, log: log.child({ disk: d.name }) });
           const secs = (Date.now() - started) / 1000;
-          log.info("stream.disk.done", `disk ${d.name}: ${r.bytesRead} bytes read, ${r.bytesStored} stored in ${secs.toFixed(1)} s (${(r.bytesRead / 1e6 / Math.max(secs, 0.001)).toFixed(0)} MB/s)`, {
+          log.info("stream.disk.done", `disk ${d.name}: ${r.bytesRead} bytes read and compressed in ${secs.toFixed(1)} s (${(r.bytesRead / 1e6 / Math.max(secs, 0.001)).toFixed(0)} MB/s)`, {
             disk: d.name,
             bytesRead: r.bytesRead,
-            bytesStored: r.bytesStored,
             seconds: secs,
           });
-          manifestDisks.push({
-            name: d.name,
-            source: d.source,
-            format: d.format,
-            virtualSize: d.virtualSize,
-            bytesRead: r.bytesRead,
-            bytesStored: r.bytesStored,
-            sha256: r.sha256,
-            storedSha256: r.storedSha256,
-            file,
-            compression: policy.compression.type === "none" ? { type: "none" } : { type: policy.compression.type, level: policy.compression.level },
-          });
+          streamed.push({ disk: d, file, result: r });
         }
       } finally {
         if (guard) peakFillPercent = (await guard.stop()).peakFillPercent;
@@ -211,8 +199,24 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
       throw streamError;
     }
 
-    // Durable before the manifest; done after the snapshot is removed so it does not lengthen the window.
-    for (const d of manifestDisks) await syncFile(join(partial, d.file));
+    // Durable before the manifest, and the stored file's own checksum (what targets check): both after the
+    // snapshot is removed, so they do not lengthen the window.
+    const manifestDisks: ManifestDisk[] = [];
+    for (const { disk: d, file, result: r } of streamed) {
+      const sealed = await sealStoredFile(join(partial, file));
+      manifestDisks.push({
+        name: d.name,
+        source: d.source,
+        format: d.format,
+        virtualSize: d.virtualSize,
+        bytesRead: r.bytesRead,
+        bytesStored: sealed.bytes,
+        sha256: r.sha256,
+        storedSha256: sealed.sha256,
+        file,
+        compression: policy.compression.type === "none" ? { type: "none" } : { type: policy.compression.type, level: policy.compression.level },
+      });
+    }
 
     // 4. Commit: manifest last, then one rename makes the directory a backup.
     if (domainXml !== null) writeFileSynced(join(partial, DOMAIN_XML_FILE), domainXml);

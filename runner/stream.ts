@@ -1,23 +1,35 @@
 /**
- * The stream step: read one frozen image, hash the guest-visible bytes in Node (SHA-256 runs faster than zstd
- * here), feed them to the compressor, and write its output straight into the backup's .partial directory while
- * hashing the stored bytes too (what `ship` checks on targets). Raw images and block devices are read directly;
- * qcow2 and other formats through `nbdcopy -- [ qemu-nbd -r -f FMT FILE ] -`, which presents the guest view
- * (backing chain included) as a raw byte stream (qemu-img cannot write to a pipe).
+ * The stream step: compress one frozen image into the backup's .partial directory and compute the SHA-256 of its
+ * guest-visible bytes, while the snapshot lives. Node stays out of the compressor's data path, which is what makes
+ * the stream as fast as the compressor alone (a hop through Node's child pipes cost 3-4x; see the README's
+ * benchmark):
+ *   - the compressor reads the image itself: a raw image or block device as its stdin (a file descriptor), qcow2
+ *     and other formats from `nbdcopy -- [ qemu-nbd -r -f FMT FILE ] -` (the guest view, backing chain included;
+ *     qemu-img cannot write to a pipe), and writes straight into the stored file (its stdout);
+ *   - Node reads the same guest view a second time (the raw file again, or a second nbdcopy) and hashes it, kept at
+ *     most LEAD bytes ahead of the compressor's read offset (from /proc), so both read the same pages of the page
+ *     cache and a large image is read from disk once.
+ * The image is frozen, so both reads see the same bytes; `verify` checks the stored data against this SHA-256.
+ * The stored file's own SHA-256 (what targets check) is computed after the snapshot is removed (sealStoredFile).
+ * With `compression: none` Node copies and hashes in one pass.
  *
- * Node does the reading (not the compressor): a read error (EIO on an invalid LVM snapshot) is then a failed
- * stream, never a short image. The caller can stop the stream at any moment with its AbortSignal (the LVM fill
- * guard, the run's time limit, SIGTERM); the children are killed and the promise rejects with the reason.
+ * Failure is never a short image: a read error (EIO on an invalid LVM snapshot) fails the compressor, the reader
+ * or the checksum reader; the hashed length and the compressor's final offset must equal the image size. Nothing
+ * waits on anything forever: the compressor waits only on the kernel (file in, file out) or on its nbdcopy, the
+ * checksum reader only on the compressor's progress while the compressor lives, and a stream without progress
+ * for `stallMs` is stopped. The caller can stop the stream at any moment with its AbortSignal (the LVM fill guard,
+ * the run's time limit, SIGTERM); the children are killed and the promise rejects with the reason.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
+import { closeSync, createReadStream, createWriteStream, openSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { Transform, type Readable, type Writable } from "node:stream";
+import { Transform, type Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Compression, Policy } from "./config/schema.ts";
 import { KvmBackupError } from "./errors.ts";
 import { spawn } from "./exec.ts";
 import type { Logger } from "./log.ts";
+import { bytesReadBy, fdOffset } from "./readPosition.ts";
 import type { FrozenDisk } from "./snapshot/backend.ts";
 
 export type CompressionType = Compression["type"];
@@ -48,6 +60,16 @@ export function withLimits(limits: Limits | undefined, cmd: { file: string; args
   return { file: "ionice", args: [...io, "nice", "-n", String(limits.nice), cmd.file, ...cmd.args] };
 }
 
+/**
+ * The command, made to die with the runner: `setpriv --pdeathsig KILL` (util-linux) sets the parent-death signal,
+ * which survives the exec of ionice/nice/the tool. Without it a kill -9 of the runner would leave the compressor
+ * and nbdcopy/qemu-nbd running on: qemu-nbd's lock on the base image then makes the next run's blockcommit fail
+ * ("Failed to get write lock"), and an orphaned compressor keeps writing into a deleted partial.
+ */
+export function diesWithRunner(cmd: { file: string; args: string[] }): { file: string; args: string[] } {
+  return { file: "setpriv", args: ["--pdeathsig", "KILL", "--", cmd.file, ...cmd.args] };
+}
+
 /** Counts and hashes what passes through. */
 export class HashCounter extends Transform {
   readonly hash = createHash("sha256");
@@ -67,10 +89,10 @@ export class HashCounter extends Transform {
 }
 
 export interface StreamResult {
+  /** Guest-visible bytes read (= the image's virtual size). */
   bytesRead: number;
-  bytesStored: number;
+  /** SHA-256 of the guest-visible bytes. */
   sha256: string;
-  storedSha256: string;
 }
 
 export interface StreamOptions {
@@ -80,9 +102,17 @@ export interface StreamOptions {
   limits?: Limits;
   signal: AbortSignal;
   log: Logger;
+  /** Stop a stream that made no progress for this long (a hung disk or reader). Default 120 s. */
+  stallMs?: number;
 }
 
+/** How far the checksum reader may run ahead of the compressor: well inside the page cache, a few reads deep. */
+export const LEAD_BYTES = 64 << 20;
+const READ_CHUNK = 4 << 20;
+const DEFAULT_STALL_MS = 120_000;
+
 type Child = ReturnType<typeof spawn>;
+type ChildResult = Awaited<Child>;
 
 function collectStderr(child: Child): () => string {
   let text = "";
@@ -92,86 +122,244 @@ function collectStderr(child: Child): () => string {
   return () => text.trim();
 }
 
-function describeWriteError(e: NodeJS.ErrnoException, outFile: string): string {
-  if (e.code === "ENOSPC") return `the staging disk is full: writing ${outFile} failed (ENOSPC); free space in staging (kvm-backup prune) or raise staging.minFree so the preflight catches it`;
-  if (e.code === "EDQUOT") return `the disk quota of the staging path is exhausted while writing ${outFile}`;
-  return `writing ${outFile} failed: ${e.message}`;
+function describeWriteError(code: string | undefined, message: string, outFile: string): string {
+  if (code === "ENOSPC") return `the staging disk is full: writing ${outFile} failed (ENOSPC); free space in staging (kvm-backup prune) or raise staging.minFree so the preflight catches it`;
+  if (code === "EDQUOT") return `the disk quota of the staging path is exhausted while writing ${outFile} (EDQUOT)`;
+  return `writing ${outFile} failed: ${message}`;
 }
 
-/** Opens the reader of a frozen image: a file/device stream, or nbdcopy for qcow2 and other formats. */
-function openSource(disk: FrozenDisk): { stream: Readable; child: Child | null; stderr: () => string } {
-  if (disk.format === "raw") return { stream: createReadStream(disk.readPath, { highWaterMark: 4 << 20 }), child: null, stderr: () => "" };
-  const child = spawn("nbdcopy", ["--", "[", "qemu-nbd", "-r", "-f", disk.format, disk.readPath, "]", "-"], {
+/** The errno a compressor's message names when it could not write its output. */
+function writeErrnoOf(stderr: string): string | undefined {
+  if (/no space left on device/i.test(stderr)) return "ENOSPC";
+  if (/disk quota exceeded/i.test(stderr)) return "EDQUOT";
+  return undefined;
+}
+
+function failedExit(r: PromiseSettledResult<ChildResult> | undefined): string | null {
+  if (!r) return null;
+  if (r.status === "rejected") return String((r.reason as Error)?.message ?? r.reason);
+  const x = r.value;
+  if (x.exitCode === 0 && !x.signal) return null;
+  if (x.exitCode === undefined && !x.signal) return `could not be started: ${(x as { shortMessage?: string }).shortMessage ?? x.message ?? "unknown error"}`;
+  return `exit ${x.exitCode ?? x.signal}`;
+}
+
+/** `nbdcopy` presenting the guest view of a non-raw image as raw bytes on its stdout. */
+function nbdReader(disk: FrozenDisk): Child {
+  const cmd = diesWithRunner({ file: "nbdcopy", args: ["--", "[", "qemu-nbd", "-r", "-f", disk.format, disk.readPath, "]", "-"] });
+  return spawn(cmd.file, cmd.args, {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
     buffer: false,
     reject: false,
   });
-  return { stream: child.stdout!, child, stderr: collectStderr(child) };
 }
 
-/** Makes a stored file durable (before the manifest is written). */
-export async function syncFile(path: string): Promise<void> {
-  const fh = await open(path, "r+");
+/** Makes a stored file durable and returns its size and SHA-256 (after the snapshot is removed, before the manifest). */
+export async function sealStoredFile(path: string): Promise<{ bytes: number; sha256: string }> {
+  const fh = await open(path, "r");
   try {
     await fh.sync();
+    const hash = createHash("sha256");
+    let bytes = 0;
+    for await (const chunk of fh.createReadStream({ highWaterMark: READ_CHUNK, autoClose: false })) {
+      hash.update(chunk as Buffer);
+      bytes += (chunk as Buffer).length;
+    }
+    return { bytes, sha256: hash.digest("hex") };
   } finally {
     await fh.close();
   }
 }
 
+const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
+
 export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
   const { disk, outFile, signal, log } = opts;
   if (signal.aborted) throw signal.reason;
-  const progress = log.progress("stream.progress", disk.virtualSize);
-  const inHash = new HashCounter((n) => progress.update(n));
-  const outHash = new HashCounter();
-  const file = createWriteStream(outFile, { flags: "wx", highWaterMark: 4 << 20 });
-  let writeError: NodeJS.ErrnoException | null = null;
-  file.on("error", (e) => (writeError ??= e as NodeJS.ErrnoException));
-  const source = openSource(disk);
   const compCmd = compressorCommand(opts.compression);
-  const limited = compCmd ? withLimits(opts.limits, compCmd) : null;
-  const comp = limited ? spawn(limited.file, limited.args, { stdin: "pipe", stdout: "pipe", stderr: "pipe", buffer: false, reject: false }) : null;
-  const compStderr = comp ? collectStderr(comp) : () => "";
-  const children = [source.child, comp].filter((c): c is Child => c !== null);
-  const onAbort = () => {
+  const limited = compCmd ? diesWithRunner(withLimits(opts.limits, compCmd)) : null;
+  const progress = log.progress("stream.progress", disk.virtualSize);
+  const children: Child[] = [];
+  const fds: number[] = [];
+  let stopReason: unknown = null;
+  let stopped = false;
+  let hashSource: Readable | null = null;
+  /** Kills every child and ends the checksum reader; `reason` null: a child failed, its exit says why. */
+  const stop = (reason: unknown) => {
+    stopped = true;
+    stopReason ??= reason;
     for (const c of children) c.kill("SIGKILL");
-    source.stream.destroy();
-    file.destroy();
+    hashSource?.destroy();
   };
+  const onAbort = () => stop(signal.reason);
   signal.addEventListener("abort", onAbort, { once: true });
-  const pipes: Promise<unknown>[] = comp
-    ? [pipeline(source.stream, inHash, comp.stdin as Writable), pipeline(comp.stdout as Readable, outHash, file)]
-    : [pipeline(source.stream, inHash, outHash, file)];
+  let watchdog: NodeJS.Timeout | undefined;
   try {
-    const [pipeResults, exits] = await Promise.all([Promise.allSettled(pipes), Promise.all(children.map((c) => c))]);
+    if (!limited) return await copyUncompressed(opts, progress, stop, (s) => (hashSource = s), children);
+
+    // The compressor's input: the raw image itself, or nbdcopy #1.
+    let feeder: Child | null = null;
+    let feederStderr = () => "";
+    let srcFd: number | null = null;
+    if (disk.format === "raw") {
+      srcFd = openSync(disk.readPath, "r");
+      fds.push(srcFd);
+    } else {
+      feeder = nbdReader(disk);
+      children.push(feeder);
+      feederStderr = collectStderr(feeder);
+    }
+    const outFd = openSync(outFile, "wx");
+    fds.push(outFd);
+    // execa hands any descriptor number to child_process as it is; its types only list 0-9, hence the casts.
+    const comp = spawn(limited.file, limited.args, { stdin: (srcFd ?? feeder!.stdout!) as 0, stdout: outFd as 1, stderr: "pipe", buffer: false, reject: false });
+    children.push(comp);
+    const compStderr = collectStderr(comp);
+    // The children hold their own copies; ours would only keep a pipe open (and must never be read from).
+    feeder?.stdout?.destroy();
+    closeSync(fds.pop()!);
+    const compPos = srcFd !== null ? () => fdOffset(srcFd) : () => bytesReadBy(comp.pid);
+    let compDone = false;
+    const compResult = Promise.allSettled([comp]).then(([r]) => ((compDone = true), r));
+    const feederResult = feeder ? Promise.allSettled([feeder]).then(([r]) => r) : Promise.resolve(undefined);
+    // A compressor or reader that fails stops the others at once (no full read of an image nobody compresses).
+    void compResult.then((r) => failedExit(r) && stop(null));
+    void feederResult.then((r) => failedExit(r) && stop(null));
+
+    // The checksum reader: the raw image again, or nbdcopy #2.
+    let reader: Child | null = null;
+    let readerStderr = () => "";
+    if (srcFd !== null) {
+      hashSource = createReadStream(disk.readPath, { start: 0, highWaterMark: READ_CHUNK });
+    } else {
+      reader = nbdReader(disk);
+      children.push(reader);
+      readerStderr = collectStderr(reader);
+      hashSource = reader.stdout!;
+    }
+    const readerResult = reader ? Promise.allSettled([reader]).then(([r]) => r) : Promise.resolve(undefined);
+    const hash = createHash("sha256");
+    let hashed = 0;
+
+    const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+    let lastSeen = -1;
+    let lastChange = Date.now();
+    watchdog = setInterval(() => {
+      const seen = (compPos() ?? 0) + hashed;
+      if (seen !== lastSeen) {
+        lastSeen = seen;
+        lastChange = Date.now();
+      } else if (Date.now() - lastChange >= stallMs) {
+        stop(
+          new StreamError(
+            `disk ${disk.name}: the stream made no progress for ${Math.round(stallMs / 1000)} s (the compressor has read ${compPos() ?? "?"} of ${disk.virtualSize} bytes, the checksum reader ${hashed}); ` +
+              `a hung disk or reader process (look at ${disk.readPath} and dmesg); it was stopped so that the snapshot is removed`,
+          ),
+        );
+      }
+    }, Math.min(1000, Math.max(50, stallMs / 4)));
+
+    let hashError: unknown = null;
+    try {
+      for await (const chunk of hashSource) {
+        hash.update(chunk as Buffer);
+        hashed += (chunk as Buffer).length;
+        progress.update(hashed);
+        // Stay close behind the compressor; it never waits for us, so this cannot deadlock.
+        while (!compDone && !stopped) {
+          const pos = compPos();
+          if (pos === null || hashed - pos <= LEAD_BYTES) break;
+          await sleep(5);
+        }
+      }
+    } catch (e) {
+      // A reader we ended ourselves (a child failed) is not the cause; that child's exit is.
+      if (!stopped) {
+        hashError = e;
+        stop(null);
+      }
+    }
+    const [cr, fr, rr] = await Promise.all([compResult, feederResult, readerResult]);
     if (signal.aborted) throw signal.reason;
-    if (writeError) throw new StreamError(`disk ${disk.name}: ${describeWriteError(writeError, outFile)}`);
-    const [srcExit, compExit] = source.child ? [exits[0], exits[1]] : [undefined, exits[0]];
-    if (srcExit && (srcExit.exitCode !== 0 || srcExit.signal)) {
-      throw new StreamError(`disk ${disk.name}: reading ${disk.readPath} (${disk.format}) with nbdcopy/qemu-nbd failed (exit ${srcExit.exitCode ?? srcExit.signal}): ${source.stderr() || "no message"}`);
+    if (stopReason) throw stopReason;
+    const compFail = failedExit(cr);
+    const errno = compFail ? writeErrnoOf(compStderr()) : undefined;
+    if (errno) throw new StreamError(`disk ${disk.name}: ${describeWriteError(errno, compStderr(), outFile)}`);
+    const feederFail = failedExit(fr) ?? failedExit(rr);
+    if (feederFail) {
+      throw new StreamError(`disk ${disk.name}: reading ${disk.readPath} (${disk.format}) with nbdcopy/qemu-nbd failed (${feederFail}): ${feederStderr() || readerStderr() || "no message"}`);
     }
-    if (compExit && (compExit.exitCode !== 0 || compExit.signal)) {
-      throw new StreamError(`disk ${disk.name}: the compressor ${compCmd!.file} failed (exit ${compExit.exitCode ?? compExit.signal}): ${compStderr() || "no message"}`);
-    }
-    const failed = pipeResults.find((r): r is PromiseRejectedResult => r.status === "rejected");
-    if (failed) {
-      const e = failed.reason as NodeJS.ErrnoException;
+    if (hashError) {
+      const e = hashError as NodeJS.ErrnoException;
       throw new StreamError(`disk ${disk.name}: reading ${disk.readPath} failed: ${e.message}`, undefined, { cause: e });
     }
-    if (inHash.bytes !== disk.virtualSize) {
-      throw new StreamError(`disk ${disk.name}: read ${inHash.bytes} bytes from ${disk.readPath}, but the image has ${disk.virtualSize}; the backup would be incomplete`);
+    if (compFail) throw new StreamError(`disk ${disk.name}: the compressor ${compCmd!.file} failed (${compFail}): ${compStderr() || "no message"}`);
+    if (hashed !== disk.virtualSize) {
+      throw new StreamError(`disk ${disk.name}: read ${hashed} bytes from ${disk.readPath}, but the image has ${disk.virtualSize}; the backup would be incomplete`);
     }
-    // No fsync here: the pipeline syncs the files after the snapshot is removed, before the manifest.
-    return { bytesRead: inHash.bytes, bytesStored: outHash.bytes, sha256: inHash.digest(), storedSha256: outHash.digest() };
+    const compRead = srcFd !== null ? fdOffset(srcFd) : null;
+    if (compRead !== null && compRead !== disk.virtualSize) {
+      throw new StreamError(`disk ${disk.name}: the compressor stopped at byte ${compRead} of ${disk.virtualSize} of ${disk.readPath}; the backup would be incomplete`);
+    }
+    return { bytesRead: hashed, sha256: hash.digest("hex") };
   } catch (e) {
     for (const c of children) c.kill("SIGKILL");
     throw e;
   } finally {
+    clearInterval(watchdog);
+    for (const fd of fds) closeSync(fd);
     signal.removeEventListener("abort", onAbort);
     progress.finish();
+  }
+}
+
+/** compression: none: one read, hashed and written by Node (there is no compressor to hand the image to). */
+async function copyUncompressed(
+  opts: StreamOptions,
+  progress: ReturnType<Logger["progress"]>,
+  stop: (reason: unknown) => void,
+  setSource: (s: Readable) => void,
+  children: Child[],
+): Promise<StreamResult> {
+  const { disk, outFile } = opts;
+  const reader = disk.format === "raw" ? null : nbdReader(disk);
+  if (reader) children.push(reader);
+  const readerStderr = reader ? collectStderr(reader) : () => "";
+  const source = reader ? reader.stdout! : createReadStream(disk.readPath, { highWaterMark: READ_CHUNK });
+  setSource(source);
+  const hash = new HashCounter((n) => progress.update(n));
+  const file = createWriteStream(outFile, { flags: "wx", highWaterMark: READ_CHUNK });
+  let writeError: NodeJS.ErrnoException | null = null;
+  file.on("error", (e) => (writeError ??= e as NodeJS.ErrnoException));
+  const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+  let last = -1;
+  let lastChange = Date.now();
+  const watchdog = setInterval(() => {
+    if (hash.bytes !== last) (last = hash.bytes), (lastChange = Date.now());
+    else if (Date.now() - lastChange >= stallMs) {
+      const e = new StreamError(`disk ${disk.name}: the stream made no progress for ${Math.round(stallMs / 1000)} s (${hash.bytes} of ${disk.virtualSize} bytes); a hung disk or reader (look at ${disk.readPath} and dmesg); it was stopped so that the snapshot is removed`);
+      stop(e);
+      file.destroy(e);
+    }
+  }, Math.min(1000, Math.max(50, stallMs / 4)));
+  try {
+    const [piped, exit] = await Promise.all([pipeline(source, hash, file).then(() => null, (e: unknown) => e), reader ? Promise.allSettled([reader]).then(([r]) => r) : undefined]);
+    if (opts.signal.aborted) throw opts.signal.reason;
+    if (writeError) throw new StreamError(`disk ${disk.name}: ${describeWriteError((writeError as NodeJS.ErrnoException).code, (writeError as Error).message, outFile)}`);
+    const readerFail = failedExit(exit);
+    if (readerFail) throw new StreamError(`disk ${disk.name}: reading ${disk.readPath} (${disk.format}) with nbdcopy/qemu-nbd failed (${readerFail}): ${readerStderr() || "no message"}`);
+    if (piped) {
+      if (piped instanceof StreamError) throw piped;
+      throw new StreamError(`disk ${disk.name}: reading ${disk.readPath} failed: ${(piped as Error).message}`, undefined, { cause: piped });
+    }
+    if (hash.bytes !== disk.virtualSize) {
+      throw new StreamError(`disk ${disk.name}: read ${hash.bytes} bytes from ${disk.readPath}, but the image has ${disk.virtualSize}; the backup would be incomplete`);
+    }
+    return { bytesRead: hash.bytes, sha256: hash.digest() };
+  } finally {
+    clearInterval(watchdog);
   }
 }
 

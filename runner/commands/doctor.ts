@@ -37,6 +37,7 @@ const PACKAGES: Record<string, string> = {
   zstd: "zstd",
   gzip: "gzip",
   ionice: "util-linux",
+  setpriv: "util-linux",
   nice: "coreutils",
   lvs: "lvm2",
   vgs: "lvm2",
@@ -74,7 +75,11 @@ export async function doctorChecks(cfg: HostConfig, opts: { beforeDeploy?: boole
   const policies = [...usedPolicies].map((n) => cfg.policies[n]!);
   const libvirtVms = Object.entries(cfg.vms).filter(([, v]) => !(v.disks && !Array.isArray(v.disks))).map(([n]) => n);
   const needLibvirt = policies.some((p) => p.method === "libvirt") || libvirtVms.length > 0;
-  const tools = new Map<string, string>([["ionice", "to run the compressor at the policy's I/O priority"], ["nice", "to run the compressor at the policy's CPU priority"]]);
+  const tools = new Map<string, string>([
+    ["ionice", "to run the compressor at the policy's I/O priority"],
+    ["nice", "to run the compressor at the policy's CPU priority"],
+    ["setpriv", "so that the compressor and image readers die with the runner"],
+  ]);
   if (needLibvirt) tools.set("virsh", "to talk to libvirt");
   if (policies.some((p) => p.method === "libvirt")) {
     for (const t of ["qemu-img", "qemu-nbd", "nbdcopy"]) tools.set(t, "by the libvirt method to read qcow2 images");
