@@ -8,7 +8,8 @@ import { existsSync, readFileSync, writeFileSync, openSync, readSync, writeSync,
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestDomain, domainSources, domainState, guestWrite, removeTestDomain, virshLab, type TestDomain } from "../lab/libvirtLab.ts";
-import { backups, cli, cliBackground, ensureBundle, holdsPattern, imagesEqual, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { backups, cli, cliBackground, holdsPattern, imagesEqual, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { ensureBundle } from "../lab/bundle.ts";
 
 const lab = inject("libvirt");
 const VM = "bk1";

@@ -6,7 +6,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestDomain, domainSources, domainState, removeTestDomain, type TestDomain } from "../lab/libvirtLab.ts";
-import { backups, cli, ensureBundle, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { backups, cli, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { ensureBundle } from "../lab/bundle.ts";
 
 const lab = inject("libvirt");
 const VM = "qz1";

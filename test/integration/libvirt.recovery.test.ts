@@ -7,7 +7,8 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestDomain, domainSources, domainState, removeTestDomain, type TestDomain } from "../lab/libvirtLab.ts";
-import { backups, cli, cliBackground, ensureBundle, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { backups, cli, cliBackground, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { ensureBundle } from "../lab/bundle.ts";
 
 const lab = inject("libvirt");
 const VM = "rc1";

@@ -8,7 +8,8 @@ import { mkdirSync, mkdtempSync, rmdirSync, statfsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestDomain, domainSources, domainState, removeTestDomain, type TestDomain } from "../lab/libvirtLab.ts";
-import { backups, cli, cliBackground, ensureBundle, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { backups, cli, cliBackground, mkdirp, overlayFiles, partials, writeConfig } from "./libvirtRunner.ts";
+import { ensureBundle } from "../lab/bundle.ts";
 
 const lab = inject("libvirt");
 const sshd = inject("sshd");

@@ -2,25 +2,15 @@
  * How the libvirt integration tests drive the REAL runner: the bundle `dist/kvm-backup.mjs` as a separate
  * process (so kill -9 is real) with a host config file the test writes, JSON log lines on stderr.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import type { HostConfigInput } from "../../runner/config/schema.ts";
+import { ensureBundle } from "../lab/bundle.ts";
 import type { LibvirtLabInfo } from "../lab/libvirtLab.ts";
 
-const REPO = resolve(new URL("../..", import.meta.url).pathname);
-export const BUNDLE = join(REPO, "dist", "kvm-backup.mjs");
-
-let built = false;
-/** Builds the bundle once per test file (esbuild: about a second), so a standalone `npx vitest run FILE` works. */
-export function ensureBundle(): string {
-  if (!built) {
-    execFileSync("node", [join(REPO, "runner", "build.mjs")], { cwd: REPO, stdio: "inherit", timeout: 120_000 });
-    if (!existsSync(BUNDLE)) throw new Error(`building the runner did not produce ${BUNDLE}`);
-    built = true;
-  }
-  return BUNDLE;
-}
+/** Defined in ../lab/bundle.ts; re-exported for the tests that import it from here. */
+export { ensureBundle };
 
 export interface LogLine {
   ts: string;

@@ -5,7 +5,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { runnerBundle } from "../lab/umlRunner.ts";
+import { ensureBundle } from "../lab/bundle.ts";
 import { GUEST_STAGING } from "./lvmLab.ts";
 
 export interface BackupRun {
@@ -21,7 +21,7 @@ let runner: string | null = null;
 
 export async function backupRun(vm: string, name = "run", config = "config.json"): Promise<BackupRun> {
   const env = "KVM_BACKUP_LOG=json KVM_BACKUP_DEBUG=1";
-  const cmd = `${env} node ${(runner ??= runnerBundle())} --config $LAB/${config} run --no-ship --vm ${vm}`;
+  const cmd = `${env} node ${(runner ??= ensureBundle())} --config $LAB/${config} run --no-ship --vm ${vm}`;
   // The host reads what the run left in the guest's staging (see GUEST_STAGING).
   const copy = `rm -rf $LAB/staging && mkdir -p $LAB/staging && cp -a ${GUEST_STAGING}/. $LAB/staging/\n`;
   return {

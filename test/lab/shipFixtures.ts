@@ -9,8 +9,10 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { join } from "node:path";
 import { HostConfig, type HostConfigInput } from "../../runner/config/schema.ts";
 import { Manifest, MANIFEST_FILE, MANIFEST_VERSION } from "../../runner/manifest.ts";
+import { BUNDLE } from "./bundle.ts";
 
-export const CLI = join(import.meta.dirname, "../../dist/kvm-backup.mjs");
+/** The runner bundle (one definition, in bundle.ts) under the name the ship and deploy tests use. */
+export { BUNDLE as CLI };
 
 export function sha256(path: string): string {
   return createHash("sha256").update(readFileSync(path)).digest("hex");
@@ -139,7 +141,7 @@ process.on("exit", () => {
 /** The bundled CLI as its own process (and its own process group, so a test can kill -9 all of it). */
 export function startCli(config: string, args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}) {
   const started = Date.now();
-  const child = spawn(process.execPath, [CLI, "--config", config, ...args], {
+  const child = spawn(process.execPath, [BUNDLE, "--config", config, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
     env: { ...process.env, KVM_BACKUP_LOG: "json", ...opts.env },
