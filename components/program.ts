@@ -9,6 +9,7 @@ import { ConfigError } from "../runner/config/configErrors.ts";
 import { renderHostConfig } from "../runner/config/hostConfig.ts";
 import { displayPath, loadStackFile, NAMESPACE, parseDecryptedConfig, stackFilePath } from "../runner/config/loadStack.ts";
 import type { StackConfig } from "../runner/config/schema.ts";
+import { renderS3Credentials } from "../runner/targets/s3Credentials.ts";
 import { KvmHost, type PolicyOutputs } from "./kvmHost.ts";
 import { type BundleArtifact, bundleArtifact, BundleMissingError } from "./render/artifact.ts";
 import { hostLayout } from "./render/layout.ts";
@@ -36,7 +37,7 @@ export function readDecryptedConfig(config = new pulumi.Config(NAMESPACE)): Reco
   return raw;
 }
 
-/** The private keys of one host, each wrapped as a secret Output before anything else sees them. */
+/** The private keys of one host (and its s3 targets' credentials files), each wrapped as a secret Output before anything else sees them. */
 export function hostSecrets(stack: StackConfig, hostName: string): { privateKey: pulumi.Output<string>; targetKeys: Record<string, pulumi.Output<string>> } {
   const host = stack.hosts[hostName]!;
   const key = host.privateKey ?? stack.sshPrivateKey;
@@ -46,6 +47,8 @@ export function hostSecrets(stack: StackConfig, hostName: string): { privateKey:
   for (const t of Object.keys(used)) {
     const target = stack.targets[t]!;
     if (target.type === "ssh") targetKeys[t] = pulumi.secret(target.privateKey);
+    // Both keys in one root-only file on the host (AWS credentials format); rendered here, wrapped at once.
+    if (target.type === "s3") targetKeys[t] = pulumi.secret(renderS3Credentials(t, target));
   }
   return { privateKey: pulumi.secret(key), targetKeys };
 }

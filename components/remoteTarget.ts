@@ -12,7 +12,7 @@ export interface RemoteTargetArgs {
   /** The target as the host config describes it (an ssh target names its key file). */
   target: HostTarget;
   connection: Connection;
-  /** Required for ssh targets: the private key, a secret. */
+  /** Required for ssh targets (the private key) and s3 targets (the credentials file's content): a secret. */
   privateKey?: pulumi.Input<string>;
   /** Where the deploy installs on the host (default: the real paths). */
   layout?: HostLayout;
@@ -25,9 +25,10 @@ export function withTrailingNewline(key: string): string {
 }
 
 /**
- * A place backups are shipped to, as seen from one host. An ssh target installs its private key as a
- * root-only file (via stdin, a secret input, never on a command line or in stdout); a path target needs
- * nothing on the host besides the mount, which `kvm-backup doctor` checks.
+ * A place backups are shipped to, as seen from one host. An ssh target installs its private key, an s3 target
+ * its credentials file (both access keys, AWS credentials format), as a root-only file (via stdin, a secret input,
+ * never on a command line or in stdout); a path target needs nothing on the host besides the mount, which
+ * `kvm-backup doctor` checks.
  */
 export class RemoteTarget extends pulumi.ComponentResource {
   readonly type: string;
@@ -38,14 +39,16 @@ export class RemoteTarget extends pulumi.ComponentResource {
   constructor(name: string, args: RemoteTargetArgs, opts?: pulumi.ComponentResourceOptions) {
     super("kvm-backup:index:RemoteTarget", name, {}, opts);
     this.type = args.target.type;
-    if (args.target.type === "ssh") {
+    if (args.target.type === "ssh" || args.target.type === "s3") {
       if (args.privateKey === undefined) {
-        throw new Error(`RemoteTarget ${name}: ssh target "${args.targetName}" needs its private key (targets.${args.targetName}.privateKey, a secret)`);
+        const needs = args.target.type === "ssh" ? `its private key (targets.${args.targetName}.privateKey, a secret)` : `its credentials (targets.${args.targetName}.accessKeyId and secretAccessKey, secrets)`;
+        throw new Error(`RemoteTarget ${name}: ${args.target.type} target "${args.targetName}" needs ${needs}`);
       }
       const layout = args.layout ?? HOST_LAYOUT;
       const expected = keyFile(layout, args.targetName);
-      if (args.target.keyFile !== expected) {
-        throw new Error(`RemoteTarget ${name}: the host config names key file ${args.target.keyFile}, the deploy installs ${expected}`);
+      const named = args.target.type === "ssh" ? args.target.keyFile : args.target.credentialsFile;
+      if (named !== expected) {
+        throw new Error(`RemoteTarget ${name}: the host config names key file ${named}, the deploy installs ${expected}`);
       }
       this.keyFile = expected;
       this.key = new remote.Command(

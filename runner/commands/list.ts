@@ -4,16 +4,24 @@ import { loadHostConfig } from "../config/hostConfig.ts";
 import { formatBytes } from "../config/sizes.ts";
 import { ExitCode } from "../errors.ts";
 import { listBackups } from "../staging.ts";
+import { formatTargetContents, listTarget } from "../targets/listTarget.ts";
 import type { Command } from "./command.ts";
 import { selectVms } from "./vmSelection.ts";
 
 export const list: Command = {
   name: "list",
   summary: "list the complete backups in staging (--json for scripts)",
-  usage: "kvm-backup list [--vm NAME ...] [--json]\n  Oldest first. A directory without manifest.json is never listed: it is not a backup.",
+  usage:
+    "kvm-backup list [--vm NAME ...] [--target NAME] [--json]\n  Oldest first. A directory without manifest.json is never listed: it is not a backup.\n" +
+    "  --target: what that target holds, read from the target (its manifests), instead of staging.",
   async run(argv, ctx) {
-    const { values } = parseArgs({ args: argv, options: { vm: { type: "string", multiple: true }, json: { type: "boolean", default: false } } });
+    const { values } = parseArgs({ args: argv, options: { vm: { type: "string", multiple: true }, json: { type: "boolean", default: false }, target: { type: "string" } } });
     const cfg = loadHostConfig(ctx.configFile);
+    if (values.target !== undefined) {
+      const contents = await listTarget(cfg, values.target, selectVms(cfg, values.vm));
+      ctx.stdout(values.json ? JSON.stringify(contents, null, 2) + "\n" : formatTargetContents(contents));
+      return ExitCode.ok;
+    }
     const rows = selectVms(cfg, values.vm).flatMap((vm) =>
       listBackups(cfg.staging.path, vm).map((b) => {
         const state = readState(b.dir);

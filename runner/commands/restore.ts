@@ -10,6 +10,7 @@ import type { ManifestDisk } from "../manifest.ts";
 import { lockBackup } from "../ship.ts";
 import { ID_RE, listBackups } from "../staging.ts";
 import { readStoredDisk } from "../verifyBackup.ts";
+import { type FetchedBackup, fetchFromTarget } from "../targets/fetchBackup.ts";
 import type { Command } from "./command.ts";
 import { selectVms } from "./vmSelection.ts";
 
@@ -61,40 +62,46 @@ async function restoreOne(dir: string, d: ManifestDisk, to: string, force: boole
 
 export const restore: Command = {
   name: "restore",
-  summary: "write a staged backup's disk images (raw) to files or block devices, verifying the checksum",
+  summary: "write a backup's disk images (raw, from staging or --from a target) to files or block devices, verifying the checksum",
   usage:
-    "kvm-backup restore --vm NAME --id ID [--disk D] --to PATH [--force]\n" +
+    "kvm-backup restore --vm NAME --id ID [--disk D] --to PATH [--force] [--from TARGET]\n" +
+    "  --from TARGET: fetch the backup from that target (staging need not have it) into scratch space on the\n" +
+    "  staging disk, check it against the target's manifest, restore, delete the scratch copy.\n" +
     "  With --disk (or a one-disk backup) PATH is the image file or block device to write; otherwise PATH is a\n" +
     "  directory that receives <disk>.raw per disk. Refuses a path a running domain uses, and an existing file\n" +
     "  unless --force. The data is raw; convert with `qemu-img convert -O qcow2` if you need qcow2.",
   async run(argv, ctx) {
     const { values } = parseArgs({
       args: argv,
-      options: { vm: { type: "string" }, id: { type: "string" }, disk: { type: "string" }, to: { type: "string" }, force: { type: "boolean", default: false } },
+      options: { vm: { type: "string" }, id: { type: "string" }, disk: { type: "string" }, to: { type: "string" }, force: { type: "boolean", default: false }, from: { type: "string" } },
     });
     if (!values.vm || !values.id || !values.to) throw new UsageError("restore needs --vm, --id and --to");
     if (!ID_RE.test(values.id)) throw new UsageError(`"${values.id}" is not a backup id (like 20261127T020000Z)`);
     const cfg = loadHostConfig(ctx.configFile);
     const [vm] = selectVms(cfg, [values.vm]);
-    const b = listBackups(cfg.staging.path, vm!).find((x) => x.id === values.id);
-    if (!b) throw new UsageError(`no complete backup ${vm}/${values.id} in staging ${cfg.staging.path} (\`kvm-backup list --vm ${vm}\`)`);
-    const disks = values.disk ? b.manifest.disks.filter((d) => d.name === values.disk) : b.manifest.disks;
-    if (!disks.length) throw new UsageError(`backup ${vm}/${values.id} has no disk ${values.disk} (it has ${b.manifest.disks.map((d) => d.name).join(", ")})`);
-    const single = disks.length === 1 && (values.disk !== undefined || !existsSync(values.to) || !statSync(values.to).isDirectory());
-    let inUse = new Map<string, string>();
-    try {
-      inUse = await disksInUse(cfg);
-    } catch (e) {
-      if (b.manifest.method === "libvirt") throw new KvmBackupError(`cannot ask libvirt (${cfg.libvirtUri}) which disks running domains use, so restoring could overwrite a live disk: ${(e as Error).message}`);
-    }
+    // Locked from the start: prune must not remove the backup (in staging or on the target) while it is read.
     const lock = lockBackup(cfg.staging.path, vm!, values.id, "restore");
+    let fetched: FetchedBackup | undefined;
     try {
+      fetched = values.from ? await fetchFromTarget(cfg, values.from, vm!, values.id, values.disk ? [values.disk] : undefined) : undefined;
+      const b = fetched ?? listBackups(cfg.staging.path, vm!).find((x) => x.id === values.id);
+      if (!b) throw new UsageError(`no complete backup ${vm}/${values.id} in staging ${cfg.staging.path} (\`kvm-backup list --vm ${vm}\`; --from TARGET restores from a target)`);
+      const disks = values.disk ? b.manifest.disks.filter((d) => d.name === values.disk) : b.manifest.disks;
+      if (!disks.length) throw new UsageError(`backup ${vm}/${values.id} has no disk ${values.disk} (it has ${b.manifest.disks.map((d) => d.name).join(", ")})`);
+      const single = disks.length === 1 && (values.disk !== undefined || !existsSync(values.to) || !statSync(values.to).isDirectory());
+      let inUse = new Map<string, string>();
+      try {
+        inUse = await disksInUse(cfg);
+      } catch (e) {
+        if (b.manifest.method === "libvirt") throw new KvmBackupError(`cannot ask libvirt (${cfg.libvirtUri}) which disks running domains use, so restoring could overwrite a live disk: ${(e as Error).message}`);
+      }
       if (!single) mkdirSync(values.to, { recursive: true });
       for (const d of disks) {
         const line = await restoreOne(b.dir, d, single ? values.to : join(values.to, `${d.name}.raw`), values.force ?? false, inUse);
         ctx.stdout(line + "\n");
       }
     } finally {
+      fetched?.cleanup();
       lock.release();
     }
     return ExitCode.ok;

@@ -82,6 +82,19 @@ export class PathTarget extends ShellTarget {
     this.fail("rsync", res);
   }
 
+  protected async fetchFiles(paths: string[], localDir: string): Promise<void> {
+    let res: RunResult;
+    try {
+      res = await boundedRun(this.name, "rsync", ["--times", "--", ...paths, `${localDir}/`], { timeoutMs: this.timeoutMs, allowFailure: true });
+    } catch (e) {
+      if (e instanceof TargetTimeoutError) {
+        throw new TargetTimeoutError(`target "${this.name}" (${this.where}): the copy to ${localDir} did not finish within the target's timeout (${Math.round(this.timeoutMs / 1000)} s); check the mount`, this.name);
+      }
+      throw e;
+    }
+    if (res.exitCode !== 0) this.fail(`copying ${paths.join(" ")} to ${localDir}`, res);
+  }
+
   protected override async beforeHashing(paths: string[]): Promise<void> {
     for (const p of paths) {
       // Drop the cached pages of the file just written, so the hash reads the storage. Advisory; a missing

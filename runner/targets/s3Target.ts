@@ -25,9 +25,10 @@
 import { AbortMultipartUploadCommand, CopyObjectCommand, DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { createHash } from "node:crypto";
-import { closeSync, createReadStream, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, createReadStream, createWriteStream, existsSync, openSync, readFileSync, readSync, renameSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { Transform, type Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import type { HostTarget } from "../config/schema.ts";
 import { Manifest, MANIFEST_FILE } from "../manifest.ts";
 import { backupDir, ID_RE } from "../staging.ts";
@@ -36,6 +37,7 @@ import { readS3Credentials } from "./s3Credentials.ts";
 import {
   checkId,
   checkName,
+  expectedFiles,
   type FileFacts,
   type Place,
   shortTimeoutMs,
@@ -250,7 +252,7 @@ export class S3Target implements Target {
     const manifestPath = localFiles.find((f) => basename(f) === MANIFEST_FILE);
     if (manifestPath) {
       const m = Manifest.safeParse(JSON.parse(readFileSync(manifestPath, "utf8")));
-      if (m.success) for (const d of m.data.disks) out.set(d.file, d.storedSha256);
+      if (m.success) for (const [file, f] of expectedFiles(m.data)) out.set(file, f.sha256);
     }
     for (const f of localFiles) {
       if (!out.has(basename(f))) out.set(basename(f), (await sha256Stream(createReadStream(f))).sha256);
@@ -357,6 +359,17 @@ export class S3Target implements Target {
     return this.conn.within(this.shortMs, `reading ${key}`, async (abortSignal) => {
       const r = await this.conn.client.send(new GetObjectCommand({ Bucket: this.cfg.bucket, Key: key }), { abortSignal });
       return r.Body!.transformToString("utf8");
+    });
+  }
+
+  async download(vm: string, id: string, files: string[], localDir: string): Promise<void> {
+    await this.conn.within(this.timeoutMs, `downloading ${vm}/${id}`, async (abortSignal) => {
+      for (const file of files) {
+        const r = await this.conn.client.send(new GetObjectCommand({ Bucket: this.cfg.bucket, Key: this.key(vm, id, file) }), { abortSignal });
+        const dest = join(localDir, file);
+        await pipeline(r.Body as Readable, createWriteStream(`${dest}.part`));
+        renameSync(`${dest}.part`, dest);
+      }
     });
   }
 

@@ -6,6 +6,7 @@
  */
 import type { RunResult } from "../exec.ts";
 import {
+  checkName,
   classifyEntries,
   parseFindListing,
   type FileFacts,
@@ -47,6 +48,8 @@ export abstract class ShellTarget implements Target {
   protected abstract exec(argv: string[], opts: ExecOptions): Promise<RunResult>;
   /** Copy local files into an existing directory on the target, resuming partial files; throws a TargetError. */
   protected abstract copyFiles(localFiles: string[], destDir: string): Promise<void>;
+  /** Copy files from the target into an existing local directory; throws a TargetError. */
+  protected abstract fetchFiles(paths: string[], localDir: string): Promise<void>;
 
   protected get shortMs(): number {
     return shortTimeoutMs(this.timeoutMs);
@@ -106,6 +109,11 @@ export abstract class ShellTarget implements Target {
     const res = await this.exec(["cat", "--", file], { timeoutMs: this.shortMs, allowFailure: true });
     if (res.exitCode !== 0) this.fail(`reading ${file}`, res);
     return res.stdout;
+  }
+
+  async download(vm: string, id: string, files: string[], localDir: string): Promise<void> {
+    const dir = placePath(this.base, this.host, vm, id, "final");
+    await this.fetchFiles(files.map((f) => `${dir}/${checkName("file", f)}`), localDir);
   }
 
   async remove(vm: string, id: string, place: Place): Promise<void> {

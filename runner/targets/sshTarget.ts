@@ -195,6 +195,24 @@ export class SshTarget extends ShellTarget {
     return res;
   }
 
+  protected async fetchFiles(paths: string[], localDir: string): Promise<void> {
+    const host = this.cfg.host.includes(":") ? `[${this.cfg.host}]` : this.cfg.host;
+    const ioTimeout = Math.max(30, aliveIntervalSeconds(this.timeoutMs) * (ALIVE_COUNT_MAX + 2));
+    const args = ["--times", `--timeout=${ioTimeout}`, "-e", ["ssh", ...this.sshOptions()].join(" "), "--", ...paths.map((p) => `${host}:${p}`), `${localDir}/`];
+    let res: RunResult;
+    try {
+      res = await boundedRun(this.name, "rsync", args, { timeoutMs: this.timeoutMs, allowFailure: true });
+    } catch (e) {
+      if (e instanceof TargetTimeoutError) throw this.sshFailure("", true, this.timeoutMs);
+      throw e;
+    }
+    if (res.exitCode === 0) return;
+    if (/Host key verification failed|REMOTE HOST IDENTIFICATION|Permission denied|Connection refused|Connection timed out/i.test(res.stderr) || res.exitCode === 255) {
+      throw this.sshFailure(res.stderr, false);
+    }
+    this.fail(`copying ${paths.join(" ")} to ${localDir}`, res);
+  }
+
   protected async copyFiles(localFiles: string[], destDir: string): Promise<void> {
     const host = this.cfg.host.includes(":") ? `[${this.cfg.host}]` : this.cfg.host;
     const ioTimeout = Math.max(30, aliveIntervalSeconds(this.timeoutMs) * (ALIVE_COUNT_MAX + 2));

@@ -78,6 +78,8 @@ export interface Target {
   /** Atomic rename .incoming-<id> -> <id> (or back, `toIncoming`), made durable. */
   rename(vm: string, id: string, direction: "commit" | "reopen"): Promise<void>;
   readManifestText(vm: string, id: string): Promise<string>;
+  /** Copy the named files of the complete backup <id>/ into an existing local directory (restore --from). */
+  download(vm: string, id: string, files: string[], localDir: string): Promise<void>;
   /** Rename <id>/ (or .incoming-<id>/) to .trash-<id>/, then delete it. */
   remove(vm: string, id: string, place: Place): Promise<void>;
   /** Delete a leftover .trash-<id>/. */

@@ -86,6 +86,10 @@ function cephConf(dir: string, fsid: string, monPort: number, rgwPort: number): 
     "osd pool default pgp num = 8",
     "osd pool default pg autoscale mode = off",
     "mon max pg per osd = 1000",
+    // The OSD would place itself in the CRUSH map with mon commands at start; under load those can race its
+    // monmap ("wrong fsid", and the OSD exits). The fixture places it before the start instead.
+    "osd crush update on start = false",
+    "osd class update on start = false",
     "mon data avail warn = 2",
     "mon data avail crit = 1",
     // Every map change (each pool rgw creates) otherwise waits a 1 s proposal interval: ~10 s of the start.
@@ -147,6 +151,9 @@ function daemon(file: string, args: string[], pidFile: string, stderrFile: strin
   return child;
 }
 
+/** A failure that waiting longer cannot fix (a daemon exited). */
+class Fatal extends Error {}
+
 async function retryUntil<T>(what: string, deadlineMs: number, attempt: () => Promise<T>): Promise<T> {
   const until = Date.now() + deadlineMs;
   let last: unknown;
@@ -154,6 +161,7 @@ async function retryUntil<T>(what: string, deadlineMs: number, attempt: () => Pr
     try {
       return await attempt();
     } catch (e) {
+      if (e instanceof Fatal) throw new Error(`ceph lab: ${what}: ${e.message}`);
       last = e;
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -236,6 +244,7 @@ export async function startCephLab(opts: { deadlineMs?: number; log?: (msg: stri
     const osdUuid = randomUUID();
     const osdId = (await retryUntil("the mon did not allocate an OSD id", left(), () => tool("ceph", [...c, "--connect-timeout", "10", "osd", "new", osdUuid], 20_000))).trim();
     if (osdId !== "0") throw new Error(`ceph lab: expected OSD id 0, the mon gave ${JSON.stringify(osdId)}`);
+    await tool("ceph", [...c, "--connect-timeout", "10", "osd", "crush", "add", "osd.0", "1.0", "root=default"], 30_000);
     // The gateway waits for its pools by itself; starting it now overlaps its start with the OSD's.
     daemon("radosgw", [...c, "-n", "client.rgw.lab", "-f"], pidFiles.rgw, join(logDir, "rgw.stderr"));
     mkdirSync(join(dir, "osd", "ceph-0"));
@@ -244,7 +253,7 @@ export async function startCephLab(opts: { deadlineMs?: number; log?: (msg: stri
     daemon("ceph-osd", [...c, "-i", "0", "-f"], pidFiles.osd, join(logDir, "osd.stderr"));
     const endpoint = `http://127.0.0.1:${rgwPort}`;
     await retryUntil(`radosgw did not answer on ${endpoint}`, left(), async () => {
-      for (const [name, f] of Object.entries(pidFiles)) if (readPid(f) === undefined) throw new Error(`ceph-${name} exited (see its log)`);
+      for (const [name, f] of Object.entries(pidFiles)) if (readPid(f) === undefined) throw new Fatal(`${name === "rgw" ? "radosgw" : `ceph-${name}`} exited (see its log)`);
       const s = await httpStatus(endpoint, 2000);
       if (s !== 200) throw new Error(`HTTP ${s}`);
     });
