@@ -70,8 +70,9 @@ export interface CliResult {
 
 const ENV = { ...process.env, KVM_BACKUP_LOG: "json", KVM_BACKUP_PROGRESS_MS: "200" };
 
-export function cli(config: string, args: string[], timeoutMs = 180_000): CliResult {
-  const r = spawnSync("node", [ensureBundle(), "--config", config, ...args], { encoding: "utf8", env: ENV, timeout: timeoutMs });
+/** The runner, to its end; `env` adds to (or replaces, e.g. PATH) the environment it gets. */
+export function cli(config: string, args: string[], timeoutMs = 180_000, env: Record<string, string> = {}): CliResult {
+  const r = spawnSync(process.execPath, [ensureBundle(), "--config", config, ...args], { encoding: "utf8", env: { ...ENV, ...env }, timeout: timeoutMs });
   return { status: r.status, stdout: r.stdout ?? "", stderr: r.stderr ?? "", lines: logLines(r.stderr ?? "") };
 }
 

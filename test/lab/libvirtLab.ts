@@ -217,7 +217,8 @@ export function sha256OfFile(path: string): string {
   return createHash("sha256").update(readFileSync(path)).digest("hex");
 }
 
-export function domainXml(name: string, disks: Array<{ target: string; path: string; format: string }>): string {
+/** A domain definition; a disk of `type: "block"` is a block device (`<source dev=…>`), else an image file. */
+export function domainXml(name: string, disks: Array<{ target: string; path: string; format: string; type?: "file" | "block" }>): string {
   return [
     "<domain type='qemu'>",
     `  <name>${name}</name>`,
@@ -228,7 +229,7 @@ export function domainXml(name: string, disks: Array<{ target: string; path: str
     "    <emulator>/usr/bin/qemu-system-x86_64</emulator>",
     ...disks.map(
       (d) =>
-        `    <disk type='file' device='disk'><driver name='qemu' type='${d.format}'/><source file='${d.path}'/><target dev='${d.target}' bus='virtio'/></disk>`,
+        `    <disk type='${d.type ?? "file"}' device='disk'><driver name='qemu' type='${d.format}'/><source ${d.type === "block" ? "dev" : "file"}='${d.path}'/><target dev='${d.target}' bus='virtio'/></disk>`,
     ),
     "  </devices>",
     "</domain>",
