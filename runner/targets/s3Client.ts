@@ -108,14 +108,15 @@ export function s3Failure(e: unknown, target: string, where: string, what: strin
       target,
     );
   }
+  // Before the generic 403: RGW answers a full quota with 403 QuotaExceeded.
+  if (code === "QuotaExceeded" || code === "EntityTooLarge" || status === 507) {
+    return new TargetFullError(`${at}: the gateway refused more data (${detail}); raise the quota or adjust retention, the backup is retried on the next run`, target);
+  }
   if (code === "AccessDenied" || status === 403) {
     return new TargetSetupError(`${at}: access denied (${detail}); the keys are valid but may not use this bucket or prefix: grant them read, write, list and delete there`, target);
   }
   if (code === "NoSuchBucket") {
     return new TargetSetupError(`${at}: the bucket does not exist (${detail}); create it on the gateway (the runner never creates buckets) or fix targets.${target}.bucket`, target);
-  }
-  if (code === "QuotaExceeded" || code === "EntityTooLarge" || status === 507) {
-    return new TargetFullError(`${at}: the gateway refused more data (${detail}); raise the quota or adjust retention, the backup is retried on the next run`, target);
   }
   if (code === "TimeoutError" || code === "ETIMEDOUT" || code === "RequestTimeout") {
     return new TargetTimeoutError(`${at}: the gateway did not answer for ${Math.round(idleMs / 1000)} s (${detail}); check it, the backup stays in staging and is shipped on the next run`, target);
