@@ -31,6 +31,15 @@ function alive(owner: Owner): boolean {
   return start !== null && (owner.startTime === null || start === owner.startTime);
 }
 
+/** Is the owner recorded in this lock file still running? false for a missing, half-written or stale file. */
+export function lockOwnerAlive(file: string): boolean {
+  try {
+    return alive(JSON.parse(readFileSync(file, "utf8")) as Owner);
+  } catch {
+    return false;
+  }
+}
+
 export interface Lock {
   release(): void;
 }

@@ -26,14 +26,38 @@ export const ManifestDisk = z.object({
   compression: z.object({ type: z.enum(["zstd", "gzip", "none"]), level: z.number().int().optional() }),
 });
 
-export const Manifest = z.object({
+/**
+ * A disk of a repository-format backup: its guest-visible bytes are one file, `path`, in the restic snapshot
+ * `snapshot` of the staging repository (tagged with the backup id, so copies on targets are found by tag).
+ */
+export const RepositoryDisk = z.object({
+  name: z.string(),
+  source: z.string(),
+  format: z.string(),
+  virtualSize: z.number().int().nonnegative(),
+  bytesRead: z.number().int().nonnegative(),
+  /** New data this disk added to the staging repository (restic's data_added: after dedup and compression). */
+  bytesStored: z.number().int().nonnegative(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  repository: z.object({
+    /** The staging repository's snapshot id (64 hex); copies on targets carry it as `original`. */
+    snapshot: z.string().regex(/^[0-9a-f]{64}$/),
+    /** The snapshot's tree id: content-addressed, identical in every repository the snapshot is copied to. */
+    tree: z.string().regex(/^[0-9a-f]{64}$/),
+    /** File inside the snapshot: <vm>/<disk>.raw */
+    path: z.string(),
+  }),
+  /** ingest "staged": size of the zstd image staged before the ingest (what the next backup needs on staging). */
+  stagedBytes: z.number().int().nonnegative().optional(),
+});
+
+const manifestCommon = {
   manifestVersion: z.literal(MANIFEST_VERSION),
   id: z.string(),
   host: z.string(),
   vm: z.string(),
   policy: z.string(),
   method: z.enum(["lvm", "libvirt"]),
-  format: z.literal("image"),
   runnerVersion: z.string(),
   startedAt: z.string(),
   finishedAt: z.string(),
@@ -50,13 +74,24 @@ export const Manifest = z.object({
   }),
   /** domain.xml saved with the backup (libvirt domains), for restore and drills. */
   domainXml: z.string().nullable(),
-  disks: z.array(ManifestDisk).min(1),
-});
+};
+
+export const ImageManifest = z.object({ ...manifestCommon, format: z.literal("image"), disks: z.array(ManifestDisk).min(1) });
+export const RepositoryManifest = z.object({ ...manifestCommon, format: z.literal("repository"), disks: z.array(RepositoryDisk).min(1) });
+export const Manifest = z.discriminatedUnion("format", [ImageManifest, RepositoryManifest]);
 
 export type Manifest = z.infer<typeof Manifest>;
+export type ImageManifest = z.infer<typeof ImageManifest>;
+export type RepositoryManifest = z.infer<typeof RepositoryManifest>;
 export type ManifestDisk = z.infer<typeof ManifestDisk>;
+export type RepositoryDisk = z.infer<typeof RepositoryDisk>;
+
+/** Bytes a backup added to its storage: the compressed images, or the repository's new data. */
+export function storedBytes(m: Manifest): number {
+  return (m.disks as Array<{ bytesStored: number }>).reduce((s, d) => s + d.bytesStored, 0);
+}
 
 /** Every file of a backup that must exist on a target, with its size and checksum (manifest.json last). */
-export function payloadFiles(m: Manifest): { file: string; size: number; sha256: string }[] {
+export function payloadFiles(m: ImageManifest): { file: string; size: number; sha256: string }[] {
   return m.disks.map((d) => ({ file: d.file, size: d.bytesStored, sha256: d.storedSha256 }));
 }

@@ -26,6 +26,7 @@ import { decideRetention, type RetentionRules } from "./retention.ts";
 import { lockBackup, shipAll, targetsOf } from "./ship.ts";
 import { idTime, listBackups, listPartials, listTrash, PARTIAL_SUFFIX, readManifest, type StoredBackup, TRASH_PREFIX } from "./staging.ts";
 import { Manifest } from "./manifest.ts";
+import { RepositoryPruner } from "./repository/pruneRepository.ts";
 import { readDamaged } from "./targets/damaged.ts";
 import { openTarget, usedTargets } from "./targets/openTarget.ts";
 import { TargetError } from "./targets/target.ts";
@@ -163,7 +164,7 @@ export function stagingDecisions(cfg: HostConfig, vm: string, backups: StoredBac
   return out;
 }
 
-function pruneStagingVm(cfg: HostConfig, vm: string, opts: PruneOptions, report: PruneReport): void {
+function pruneStagingVm(cfg: HostConfig, vm: string, opts: PruneOptions, report: PruneReport, repoRemoved: string[]): void {
   const staging = cfg.staging.path;
   const protectedSet = readProtected(staging);
   const backups = listBackups(staging, vm);
@@ -179,6 +180,8 @@ function pruneStagingVm(cfg: HostConfig, vm: string, opts: PruneOptions, report:
       } else {
         try {
           trashAndDelete(b.dir);
+          // Its data in the staging repository is forgotten after every VM's directories (forgetInStaging).
+          if (b.manifest.format === "repository") repoRemoved.push(b.id);
         } catch (e) {
           line.error = (e as Error).message;
         } finally {
@@ -227,17 +230,20 @@ async function policyOnTarget(cfg: HostConfig, vm: string, id: string, readText:
   }
 }
 
-async function pruneTargetVm(cfg: HostConfig, name: string, vm: string, opts: PruneOptions, report: PruneReport): Promise<void> {
+async function pruneTargetVm(cfg: HostConfig, name: string, vm: string, opts: PruneOptions, report: PruneReport, repo: RepositoryPruner | null): Promise<void> {
   const staging = cfg.staging.path;
   const target = openTarget(cfg, name);
-  const listing = await target.list(vm);
+  const files = await target.list(vm);
+  // Both formats of a VM on this target are one history for retention (a policy may have changed format).
+  const inRepo = new Map((repo?.backups(vm) ?? []).map((b) => [b.id, b]));
+  const listing = { ...files, backups: [...new Set([...files.backups, ...inRepo.keys()])].sort() };
   const protectedSet = readProtected(staging);
   const damaged = readDamaged(staging, name);
   const cands: Candidate[] = [];
   for (const id of listing.backups) {
     cands.push({
       id,
-      policy: await policyOnTarget(cfg, vm, id, () => target.readManifestText(vm, id)),
+      policy: inRepo.has(id) ? inRepo.get(id)!.policy : await policyOnTarget(cfg, vm, id, () => target.readManifestText(vm, id)),
       protected: readState(join(staging, vm, id)).protected || protectedSet.has(protectedKey(vm, id)),
     });
   }
@@ -259,7 +265,9 @@ async function pruneTargetVm(cfg: HostConfig, name: string, vm: string, opts: Pr
         line.reason = `kept for now: ${lock} (${d.reason})`;
       } else {
         try {
-          await target.remove(vm, id, "final");
+          const rb = inRepo.get(id);
+          if (rb) await repo!.remove(rb, `removing ${vm}/${id} from ${name}`);
+          else await target.remove(vm, id, "final");
         } catch (e) {
           line.error = (e as Error).message;
         } finally {
@@ -290,6 +298,18 @@ async function pruneTargetVm(cfg: HostConfig, name: string, vm: string, opts: Pr
     }
     emit(report, opts, line);
   }
+  for (const b of repo?.leftovers(vm) ?? []) {
+    if (newest === undefined || !(b.id < newest)) continue;
+    const line: PruneLine = { where: name, vm, id: b.id, kind: "partial", keep: false, reason: `removed: unfinished copy in the repository, older than the newest complete backup ${newest}` };
+    if (!opts.dryRun) {
+      try {
+        await repo!.remove(b, `removing the unfinished copy ${vm}/${b.id} from ${name}`);
+      } catch (e) {
+        line.error = (e as Error).message;
+      }
+    }
+    emit(report, opts, line);
+  }
   for (const id of listing.trash) {
     const line: PruneLine = { where: name, vm, id, kind: "trash", keep: false, reason: "removed: left over from an interrupted removal" };
     if (!opts.dryRun) {
@@ -306,12 +326,22 @@ async function pruneTargetVm(cfg: HostConfig, name: string, vm: string, opts: Pr
 export async function pruneAll(cfg: HostConfig, opts: PruneOptions): Promise<PruneReport> {
   const report: PruneReport = { lines: [], failedTargets: [] };
   const vms = opts.vms ?? Object.keys(cfg.vms);
-  if (opts.staging ?? true) for (const vm of vms) pruneStagingVm(cfg, vm, opts, report);
+  if (opts.staging ?? true) {
+    const repoRemoved = new Map<string, string[]>();
+    for (const vm of vms) {
+      const removed: string[] = [];
+      pruneStagingVm(cfg, vm, opts, report, removed);
+      repoRemoved.set(vm, removed);
+    }
+    await forgetInStaging(cfg, repoRemoved, opts, report);
+  }
   for (const name of opts.targets ?? usedTargets(cfg)) {
     const target = openTarget(cfg, name);
     try {
       await target.check();
-      for (const vm of vms) await pruneTargetVm(cfg, name, vm, opts, report);
+      const repo = await RepositoryPruner.target(cfg, name);
+      for (const vm of vms) await pruneTargetVm(cfg, name, vm, opts, report, repo);
+      if (!opts.dryRun) await repo?.finish(opts.log.child({ target: name }));
     } catch (e) {
       if (!(e instanceof TargetError)) throw e;
       opts.log.error("prune.target-failed", `${(e as KvmBackupError).message}; nothing more is removed there in this run`, { target: name });
@@ -319,6 +349,55 @@ export async function pruneAll(cfg: HostConfig, opts: PruneOptions): Promise<Pru
     }
   }
   return report;
+}
+
+/**
+ * The staging repository's side of staging prune: the snapshots of the repository backups whose directories were
+ * just removed, and leftovers of unfinished backups older than the VM's newest complete one (a backup running
+ * now is newer, so it is never touched); then one `restic prune`. A failure here leaves snapshots without a
+ * backup directory, which are never a backup and are removed by the next prune or backup run.
+ */
+async function forgetInStaging(cfg: HostConfig, removed: Map<string, string[]>, opts: PruneOptions, report: PruneReport): Promise<void> {
+  let repo: RepositoryPruner | null;
+  try {
+    repo = await RepositoryPruner.staging(cfg);
+  } catch (e) {
+    if ([...removed.values()].some((ids) => ids.length)) {
+      const line: PruneLine = { where: "staging", vm: "-", id: "repository", kind: "trash", keep: false, reason: "removed backups' data in the staging repository", error: (e as Error).message };
+      emit(report, opts, line);
+    }
+    return;
+  }
+  if (!repo) return;
+  for (const [vm, ids] of removed) {
+    const complete = new Set(listBackups(cfg.staging.path, vm).map((b) => b.id));
+    const newest = [...complete].sort().at(-1);
+    const gone = ids.map((id) => ({ id, reason: "removed: the data of the removed backup in the staging repository" }));
+    for (const b of repo.leftovers(vm).concat(repo.backups(vm))) {
+      if (complete.has(b.id) || ids.includes(b.id) || newest === undefined || !(b.id < newest)) continue;
+      gone.push({ id: b.id, reason: `removed: snapshots in the staging repository without a backup directory, older than the newest complete backup ${newest}` });
+    }
+    for (const g of gone) {
+      const b = repo.find(vm, g.id);
+      if (!b) continue;
+      const line: PruneLine = { where: "staging", vm, id: g.id, kind: "trash", keep: false, reason: g.reason };
+      if (!opts.dryRun) {
+        try {
+          await repo.remove(b, `removing ${vm}/${g.id} from the staging repository`);
+        } catch (e) {
+          line.error = (e as Error).message;
+        }
+      }
+      emit(report, opts, line);
+    }
+  }
+  if (!opts.dryRun) {
+    try {
+      await repo.finish(opts.log);
+    } catch (e) {
+      emit(report, opts, { where: "staging", vm: "-", id: "repository", kind: "trash", keep: false, reason: "restic prune of the staging repository", error: (e as Error).message });
+    }
+  }
 }
 
 /** One line of `prune --dry-run` / `prune` output. */

@@ -20,6 +20,7 @@ import { acquireLock, type Lock, LockedError } from "./lock.ts";
 import type { Logger } from "./log.ts";
 import { MANIFEST_FILE } from "./manifest.ts";
 import { listBackups, type StoredBackup } from "./staging.ts";
+import { shipRepositoryBackup } from "./repository/shipRepository.ts";
 import { clearDamaged } from "./targets/damaged.ts";
 import { openTarget, usedTargets } from "./targets/openTarget.ts";
 import {
@@ -199,10 +200,15 @@ export async function shipAll(cfg: HostConfig, opts: ShipOptions): Promise<ShipO
           const t = targetState(s, name);
           t.pendingSince ??= new Date().toISOString();
         });
-        let listing = listings.get(b.vm);
-        if (!listing) listings.set(b.vm, (listing = await target.list(b.vm)));
         log.info("ship.start", `shipping ${b.vm}/${b.id} to ${name} (${target.where})`, { vm: b.vm, id: b.id });
-        const result = await shipOne(target, b, listing, log);
+        let result: ShipResult;
+        if (b.manifest.format === "repository") {
+          result = await shipRepositoryBackup(cfg, name, { ...b, manifest: b.manifest }, log);
+        } else {
+          let listing = listings.get(b.vm);
+          if (!listing) listings.set(b.vm, (listing = await target.list(b.vm)));
+          result = await shipOne(target, b, listing, log);
+        }
         const now = new Date().toISOString();
         updateState(b.dir, (s) => {
           const t = targetState(s, name);

@@ -6,7 +6,8 @@ import { loadHostConfig } from "../config/hostConfig.ts";
 import type { HostConfig } from "../config/schema.ts";
 import { ExitCode, KvmBackupError, UsageError } from "../errors.ts";
 import { blockList, virsh } from "../libvirt/virsh.ts";
-import type { ManifestDisk } from "../manifest.ts";
+import type { Writable } from "node:stream";
+import type { ManifestDisk, RepositoryDisk } from "../manifest.ts";
 import { lockBackup } from "../ship.ts";
 import { ID_RE, listBackups } from "../staging.ts";
 import { readStoredDisk } from "../verifyBackup.ts";
@@ -34,7 +35,12 @@ async function disksInUse(cfg: HostConfig): Promise<Map<string, string>> {
   return used;
 }
 
-async function restoreOne(dir: string, d: ManifestDisk, to: string, force: boolean, inUse: Map<string, string>): Promise<string> {
+/** Reads one disk's guest-visible bytes into a sink, hashing them (an image file, or a restic repository). */
+export type DiskReader = (sink: Writable) => Promise<{ sha256: string; bytes: number }>;
+
+export async function restoreOne(dir: string, d: ManifestDisk | RepositoryDisk, to: string, force: boolean, inUse: Map<string, string>, read?: DiskReader): Promise<string> {
+  const reader = read ?? ("file" in d ? (sink: Writable) => readStoredDisk(dir, d, sink) : null);
+  if (!reader) throw new KvmBackupError(`disk ${d.name} is in a restic repository; this restore reads image files only`);
   const user = inUse.get(realOrSelf(to));
   if (user) throw new RestoreRefusedError(`refusing to write ${to}: it is ${user}; shut the domain down first, or restore to another path and switch the domain to it`);
   const isDevice = existsSync(to) && statSync(to).isBlockDevice();
@@ -42,7 +48,7 @@ async function restoreOne(dir: string, d: ManifestDisk, to: string, force: boole
   const tmp = isDevice ? to : `${to}.kvm-backup-restoring`;
   const out = createWriteStream(tmp, { flags: isDevice ? "r+" : "w", highWaterMark: 4 << 20 });
   try {
-    const r = await readStoredDisk(dir, d, out);
+    const r = await reader(out);
     const fh = await open(tmp, "r+");
     try {
       await fh.sync();

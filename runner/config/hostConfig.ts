@@ -14,6 +14,11 @@ export function targetKeyFile(target: string, etcDir = ETC_DIR): string {
   return `${etcDir}/keys/${target}.key`;
 }
 
+/** The restic repositories' password on the host (format: repository): root-only, installed by the deploy. */
+export function repositoryPasswordFile(etcDir = ETC_DIR): string {
+  return `${etcDir}/keys/repository.password`;
+}
+
 /** Pure: the JSON document for one host, with only the policies and targets its VMs use. */
 export function renderHostConfig(stack: StackConfig, hostName: string, etcDir = ETC_DIR): HostConfig {
   const host = stack.hosts[hostName];
@@ -42,6 +47,7 @@ export function renderHostConfig(stack: StackConfig, hostName: string, etcDir = 
     targets,
     policies,
     vms: host.vms,
+    ...(Object.values(policies).some((p) => p.format === "repository") ? { repositoryPasswordFile: repositoryPasswordFile(etcDir) } : {}),
   };
   return HostConfig.parse(doc);
 }

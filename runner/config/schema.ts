@@ -279,6 +279,20 @@ export const Limits = strict({
   timeout: Duration.default("6h"),
 }).default({ nice: 10, ioClass: "best-effort", ioPriority: 7, timeout: "6h" });
 
+/**
+ * How a repository-format policy stores its backups (restic). `ingest`: staged streams the frozen disk into a
+ * zstd image on staging first and feeds it to restic after the snapshot is gone (the snapshot window of the
+ * image format); direct feeds restic while the snapshot lives (no staged image, a longer window). See
+ * docs/readme/55-repository-format.md for the measurements behind the default.
+ */
+export const RepositoryOptions = strict({
+  ingest: oneOf(["staged", "direct"] as const).default("staged"),
+  /** restic's own compression (zstd inside the repository). */
+  compression: oneOf(["auto", "max", "off"] as const).default("auto"),
+});
+
+export const BACKUP_FORMATS = ["image", "repository"] as const;
+
 const policyCommon = {
   schedule: Schedule,
   randomizedDelay: Duration.default("30min"),
@@ -286,6 +300,9 @@ const policyCommon = {
   retention: Retention,
   limits: Limits,
   targets: z.array(Name).default([]),
+  /** image (default): one compressed image file per disk and backup; repository: a deduplicating restic repository. */
+  format: oneOf(BACKUP_FORMATS).optional(),
+  repository: RepositoryOptions.optional(),
 };
 
 export const LvmSnapshot = strict({
@@ -407,6 +424,36 @@ function checkReferences(
   }
 }
 
+/**
+ * format: repository needs the repository password, and targets restic can reach the way the runner does
+ * (ssh through restic's sftp back-end, path as a local repository).
+ */
+function checkRepositoryFormat(
+  ctx: z.RefinementCtx,
+  targets: AnyTargets,
+  policies: Record<string, { format?: string; targets: string[] }>,
+  hasPassword: boolean,
+  passwordField: string,
+  passwordHelp: string,
+) {
+  const repoPolicies = Object.entries(policies).filter(([, p]) => p.format === "repository");
+  if (repoPolicies.length && !hasPassword) {
+    ctx.addIssue({
+      code: "custom",
+      path: [passwordField],
+      message: `policies ${repoPolicies.map(([n]) => n).join(", ")} use format: repository, which needs ${passwordField} (${passwordHelp})`,
+    });
+  }
+  for (const [pname, p] of repoPolicies) {
+    p.targets.forEach((t, i) => {
+      const type = targets[t]?.type;
+      if (type !== undefined && type !== "ssh" && type !== "path") {
+        ctx.addIssue({ code: "custom", path: ["policies", pname, "targets", i], message: `target "${t}" is a ${type} target; format: repository ships to ssh and path targets only` });
+      }
+    });
+  }
+}
+
 // ---------------------------------------------------------------- acknowledgements
 
 export const RISKY_CHANGES = ["retention-reduced", "coverage-lost", "target-removed", "method-changed", "schedule-gap"] as const;
@@ -438,6 +485,8 @@ function stackConfig<S extends z.ZodType>(secret: S) {
     hosts: namedRecord(host(secret)),
     /** Risky policy changes made on purpose, each with a reason (see Acknowledgement). */
     acknowledge: z.array(Acknowledgement).optional(),
+    /** Encrypts every restic repository (format: repository); losing it loses those backups. */
+    repositoryPassword: secret.optional(),
   }).superRefine((cfg, ctx) => {
     const c = cfg as unknown as {
       sshPrivateKey?: unknown;
@@ -447,6 +496,7 @@ function stackConfig<S extends z.ZodType>(secret: S) {
     };
     const vmSets = Object.entries(c.hosts).map(([hname, h]) => ({ path: ["hosts", hname, "vms"], vms: h.vms }));
     checkReferences(ctx, c.targets, c.policies, vmSets);
+    checkRepositoryFormat(ctx, c.targets, c.policies, (cfg as { repositoryPassword?: unknown }).repositoryPassword !== undefined, "repositoryPassword", "a Pulumi secret: `pulumi config set --secret --path repositoryPassword <password>`");
     if (c.sshPrivateKey === undefined) {
       for (const [hname, h] of Object.entries(c.hosts)) {
         if (h.privateKey === undefined) {
@@ -479,8 +529,11 @@ export const HostConfig = strict({
   targets: namedRecord(HostTarget).default({}),
   policies: namedRecord(Policy),
   vms: namedRecord(Vm),
+  /** The restic repositories' password (format: repository), a root-only file; never the password itself. */
+  repositoryPasswordFile: AbsPath.optional(),
 }).superRefine((cfg, ctx) => {
   checkReferences(ctx, cfg.targets, cfg.policies, [{ path: ["vms"], vms: cfg.vms }]);
+  checkRepositoryFormat(ctx, cfg.targets, cfg.policies, cfg.repositoryPasswordFile !== undefined, "repositoryPasswordFile", "the root-only file `pulumi up` installs from the stack's repositoryPassword");
 });
 
 export type HostConfig = z.output<typeof HostConfig>;
@@ -494,3 +547,15 @@ export type Host = z.output<ReturnType<typeof host<typeof PlainSecret>>>;
 export type Vm = z.output<typeof Vm>;
 export type Compression = z.output<typeof Compression>;
 export type RetentionRules = z.output<typeof Retention>;
+export type BackupFormat = (typeof BACKUP_FORMATS)[number];
+export type RepositoryOptions = z.output<typeof RepositoryOptions>;
+
+/** A policy's format; unset means image (configs written before the repository format). */
+export function policyFormat(p: { format?: BackupFormat }): BackupFormat {
+  return p.format ?? "image";
+}
+
+/** A repository-format policy's options, defaults filled in. */
+export function repositoryOptions(p: { repository?: RepositoryOptions }): RepositoryOptions {
+  return p.repository ?? RepositoryOptions.parse({});
+}

@@ -136,8 +136,9 @@ export function shortTimeoutMs(totalMs: number): number {
   return Math.min(totalMs, 60_000);
 }
 
-/** Which files of the manifest must exist on the target, and what they must be. */
+/** Which files of the manifest must exist on the target, and what they must be (a repository backup has none: its disks are in the repository). */
 export function expectedFiles(m: Manifest): Map<string, FileFacts> {
+  if (m.format !== "image") return new Map();
   return new Map(m.disks.map((d) => [d.file, { size: d.bytesStored, sha256: d.storedSha256 }]));
 }
 

@@ -13,6 +13,7 @@ import type { Logger } from "../log.ts";
 import { Manifest, MANIFEST_FILE } from "../manifest.ts";
 import { checkCopy, expectedForStaged, lockBackup } from "../ship.ts";
 import { listBackups } from "../staging.ts";
+import { verifyRepositoryCopies } from "../repository/verifyRepositoryCopies.ts";
 import { clearDamaged, markDamaged } from "./damaged.ts";
 import { openTarget } from "./openTarget.ts";
 import { expectedFiles, TargetError, TargetVerifyError } from "./target.ts";
@@ -24,12 +25,14 @@ export interface VerifyOutcome {
   message?: string;
 }
 
-export async function verifyTarget(cfg: HostConfig, name: string, opts: { log: Logger; vms?: string[]; id?: string }): Promise<VerifyOutcome[]> {
+export async function verifyTarget(cfg: HostConfig, name: string, opts: { log: Logger; vms?: string[]; id?: string; readDataSubset?: string }): Promise<VerifyOutcome[]> {
   const staging = cfg.staging.path;
   const target = openTarget(cfg, name);
   const log = opts.log.child({ target: name });
   await target.check();
   const out: VerifyOutcome[] = [];
+  // Repository-format backups on this target are checked in its restic repository (verifyRepositoryCopies).
+  out.push(...(await verifyRepositoryCopies(cfg, name, { ...opts, log })));
   for (const vm of opts.vms ?? Object.keys(cfg.vms)) {
     const listing = await target.list(vm);
     for (const id of listing.backups) {
@@ -95,7 +98,7 @@ export async function verifyTarget(cfg: HostConfig, name: string, opts: { log: L
 export async function verifyTargetCommand(
   cfg: HostConfig,
   name: string,
-  opts: { log: Logger; vms?: string[]; id?: string; stdout: (t: string) => void },
+  opts: { log: Logger; vms?: string[]; id?: string; stdout: (t: string) => void; readDataSubset?: string },
 ): Promise<number> {
   if (!(name in cfg.targets)) throw new UsageError(`unknown target "${name}" (known: ${Object.keys(cfg.targets).join(", ") || "none"})`);
   const outcomes = await verifyTarget(cfg, name, opts);

@@ -8,7 +8,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { HostConfig, type HostConfigInput } from "../../runner/config/schema.ts";
-import { Manifest, MANIFEST_FILE, MANIFEST_VERSION } from "../../runner/manifest.ts";
+import { ImageManifest, Manifest, MANIFEST_FILE, MANIFEST_VERSION } from "../../runner/manifest.ts";
 import { BUNDLE } from "./bundle.ts";
 
 /** The runner bundle (one definition, in bundle.ts) under the name the ship and deploy tests use. */
@@ -57,7 +57,7 @@ function writeRandom(path: string, size: number): string {
 }
 
 /** A complete staged backup, written like the pipeline does: into <id>.partial, manifest last, then renamed. */
-export function makeStagedBackup(o: MakeBackupOptions): { dir: string; manifest: Manifest } {
+export function makeStagedBackup(o: MakeBackupOptions): { dir: string; manifest: ImageManifest } {
   const vmDir = join(o.staging, o.vm);
   mkdirSync(vmDir, { recursive: true });
   const partial = join(vmDir, `${o.id}.partial`);
@@ -90,7 +90,7 @@ export function makeStagedBackup(o: MakeBackupOptions): { dir: string; manifest:
     };
   });
   const t = new Date(Date.UTC(+o.id.slice(0, 4), +o.id.slice(4, 6) - 1, +o.id.slice(6, 8), +o.id.slice(9, 11), +o.id.slice(11, 13), +o.id.slice(13, 15)));
-  const manifest = Manifest.parse({
+  const manifest = ImageManifest.parse({
     manifestVersion: MANIFEST_VERSION,
     id: o.id,
     host: o.host ?? "lab",
@@ -193,6 +193,7 @@ export function checkAgainstManifests(vmRoot: string): string[] {
   const problems: string[] = [];
   for (const [id, files] of Object.entries(inventory(vmRoot))) {
     const m = Manifest.parse(JSON.parse(readFileSync(join(vmRoot, id, MANIFEST_FILE), "utf8")));
+    if (m.format !== "image") continue;
     for (const d of m.disks) if (files[d.file] !== d.storedSha256) problems.push(`${id}/${d.file}`);
   }
   return problems;
