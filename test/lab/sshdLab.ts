@@ -151,7 +151,8 @@ export function descendants(pid: number): number[] {
   return result;
 }
 
-export async function startSshdLab(): Promise<{ info: SshdLabInfo; stop: () => Promise<void> }> {
+/** `extraConfig`: more sshd_config lines, e.g. `SetEnv PATH=...` for a host that lacks a tool. */
+export async function startSshdLab(opts: { extraConfig?: string[] } = {}): Promise<{ info: SshdLabInfo; stop: () => Promise<void> }> {
   need(SSHD, "openssh-server");
   need("ssh", "openssh-client");
   need("ssh-keygen", "openssh-client");
@@ -195,6 +196,7 @@ export async function startSshdLab(): Promise<{ info: SshdLabInfo; stop: () => P
       // For the sshfs mount that plays a hung network filesystem (a path target whose server freezes).
       "Subsystem sftp internal-sftp",
       "LogLevel VERBOSE",
+      ...(opts.extraConfig ?? []),
       "",
     ].join("\n"),
   );
