@@ -447,8 +447,8 @@ function checkRepositoryFormat(
   for (const [pname, p] of repoPolicies) {
     p.targets.forEach((t, i) => {
       const type = targets[t]?.type;
-      if (type !== undefined && type !== "ssh" && type !== "path") {
-        ctx.addIssue({ code: "custom", path: ["policies", pname, "targets", i], message: `target "${t}" is a ${type} target; format: repository ships to ssh and path targets only` });
+      if (type !== undefined && type !== "ssh" && type !== "path" && type !== "s3") {
+        ctx.addIssue({ code: "custom", path: ["policies", pname, "targets", i], message: `target "${t}" is a ${type} target; format: repository ships to ssh, path and s3 targets only` });
       }
     });
   }

@@ -50,6 +50,8 @@ export interface ResticLocation {
   timeoutMs: number;
   /** restic's cache for remote repositories; null: --no-cache (a local repository needs none). */
   cacheDir: string | null;
+  /** More environment for the child (an s3 repository's keys: the environment, never an argument). */
+  env?: Record<string, string | undefined>;
 }
 
 export interface ResticSnapshot {
@@ -182,6 +184,15 @@ export class Restic {
         "password",
       );
     }
+    // An s3 repository: the gateway's answers as restic (minio-go) prints them. Before "no repository": restic
+    // adds that hint to any failure to read the config, a refused key included.
+    if (/InvalidAccessKeyId|SignatureDoesNotMatch|Access Key Id you provided does not exist|request signature we calculated does not match/i.test(err)) {
+      return this.error(`the gateway refused the access keys (restic ${sub}: ${lastLines(err, 2)}); check the target's accessKeyId and secretAccessKey in the stack, then \`pulumi up\``, "password");
+    }
+    if (/Access Denied|AccessDenied/i.test(err)) {
+      // A HEAD request (restic's Stat) gets a bare 403 for a wrong key too: name both causes.
+      return this.error(`the gateway denied access (restic ${sub}: ${lastLines(err, 2)}); check the target's accessKeyId and secretAccessKey in the stack, and that these keys may read, write, list and delete in this bucket and prefix`, "password");
+    }
     if (/unable to open config file|Is there a repository at the following location/i.test(err)) {
       return this.error(`there is no restic repository here (restic ${sub}: ${lastLines(err, 2)})`, "missing");
     }
@@ -191,8 +202,8 @@ export class Restic {
         "hostkey",
       );
     }
-    if (/no space left on device|disk quota exceeded/i.test(err)) return this.error(`no space left (restic ${sub}: ${lastLines(err, 2)}); free space there or adjust retention`, "full");
-    if (/ssh command exited|subprocess ssh|Connection refused|Connection timed out|Connection reset|Broken pipe|connection lost|Timeout, server/i.test(err)) {
+    if (/no space left on device|disk quota exceeded|QuotaExceeded/i.test(err)) return this.error(`no space left (restic ${sub}: ${lastLines(err, 2)}); free space there or adjust retention`, "full");
+    if (/ssh command exited|subprocess ssh|Connection refused|Connection timed out|Connection reset|Broken pipe|connection lost|Timeout, server|i\/o timeout|context deadline exceeded|no such host/i.test(err)) {
       return this.error(`cannot connect or the connection broke (restic ${sub}: ${lastLines(err, 3)}); check the server, the backup is retried on the next run`, "unreachable");
     }
     return this.error(`restic ${sub} failed (exit ${res.exitCode}): ${lastLines(err) || "no message"}`);
@@ -200,7 +211,7 @@ export class Restic {
 
   private async exec(args: string[], opts: ResticCommandOptions): Promise<RunResult> {
     const timeoutMs = opts.timeoutMs ?? this.loc.timeoutMs;
-    const env = resticEnv(this.passwordFile, opts.fromPasswordFile);
+    const env = { ...resticEnv(this.passwordFile, opts.fromPasswordFile), ...this.loc.env };
     if (this.loc.target !== null) return boundedRun(this.loc.target, "restic", args, { timeoutMs, env, allowFailure: true });
     return run("restic", args, { timeoutMs, env, allowFailure: true });
   }
@@ -310,7 +321,7 @@ export class Restic {
 
   /** The child environment of every restic command on this repository. */
   env(): Record<string, string | undefined> {
-    return resticEnv(this.passwordFile);
+    return { ...resticEnv(this.passwordFile), ...this.loc.env };
   }
 
   /**
@@ -355,7 +366,7 @@ export class Restic {
   /** `restic dump SNAPSHOT PATH` as a stream; `done` rejects with restic's message when it failed. */
   async dump(snapshot: string, path: string, what: string): Promise<{ stream: Readable; done: Promise<void>; kill: () => void }> {
     const lock = await this.lock("shared", what);
-    const child = spawn("restic", [...this.globalArgs(), "dump", snapshot, path], { stdin: "ignore", stdout: "pipe", stderr: "pipe", buffer: false, reject: false, env: resticEnv(this.passwordFile), extendEnv: true });
+    const child = spawn("restic", [...this.globalArgs(), "dump", snapshot, path], { stdin: "ignore", stdout: "pipe", stderr: "pipe", buffer: false, reject: false, env: this.env(), extendEnv: true });
     let err = "";
     child.stderr!.on("data", (b: Buffer) => {
       if (err.length < 16384) err += b.toString();

@@ -228,3 +228,43 @@ describe("S3 target internals", () => {
     }
   });
 });
+
+describe("repository format on an s3 target (restic's s3 back-end)", () => {
+  it("uses the same endpoint, bucket, prefix and credentials file; the keys only in restic's environment", async () => {
+    const { targetRepository } = await import("../../runner/repository/repositories.ts");
+    const dir = mkdtempSync(join(work, "repo-"));
+    const creds = join(dir, "objects.key");
+    writeFileSync(creds, renderS3Credentials("objects", { accessKeyId: ACCESS, secretAccessKey: SECRET }), { mode: 0o600 });
+    writeFileSync(join(dir, "repository.password"), "pw\n", { mode: 0o600 });
+    const cfg = HostConfig.parse({
+      version: 1,
+      host: "kvm01",
+      staging: { path: join(dir, "staging") },
+      repositoryPasswordFile: join(dir, "repository.password"),
+      targets: { objects: { type: "s3", endpoint: "http://10.0.0.5:7480", bucket: "kvm-backups", prefix: "fleet/eu", credentialsFile: creds } },
+      policies: { p: { method: "libvirt", format: "repository", schedule: "daily", retention: { keepLast: 3 }, targets: ["objects"] } },
+      vms: { web: { policy: "p" } },
+    });
+    const repo = targetRepository(cfg, "objects");
+    expect(repo.loc.repo).toBe("s3:http://10.0.0.5:7480/kvm-backups/fleet/eu/kvm01/.repository");
+    expect(repo.globalArgs()).toEqual([
+      "-r", "s3:http://10.0.0.5:7480/kvm-backups/fleet/eu/kvm01/.repository",
+      "-o", "s3.bucket-lookup=path",
+      "-o", "s3.region=us-east-1",
+      "--cache-dir", join(dir, "staging", ".kvm-backup", "restic-cache"),
+    ]);
+    expect(repo.env()).toMatchObject({ AWS_ACCESS_KEY_ID: ACCESS, AWS_SECRET_ACCESS_KEY: SECRET, AWS_PROFILE: undefined, AWS_SESSION_TOKEN: undefined, RESTIC_PASSWORD_FILE: join(dir, "repository.password") });
+    expect(repo.where).toBe('target "objects" repository (s3 http://10.0.0.5:7480/kvm-backups/fleet/eu/kvm01/.repository)');
+    expect(JSON.stringify(repo.loc.options) + repo.loc.repo).not.toMatch(new RegExp(`${ACCESS}|${SECRET.replace(/[+/]/g, ".")}`));
+  });
+
+  it("restic's refusals from the gateway say to check the keys, before restic's own 'is there a repository' hint", async () => {
+    const { Restic } = await import("../../runner/repository/restic.ts");
+    const r = new Restic({ repo: "s3:http://gw/b/h/.repository", options: [], where: 'target "objects" repository (s3 ...)', lockName: "t", target: "objects", timeoutMs: 1000, cacheDir: null }, "/pw", "/staging");
+    const denied = r.failure("cat config", { stdout: "", exitCode: 1, stderr: "Fatal: unable to open config file: Stat: Access Denied.\nIs there a repository at the following location?\ns3:http://gw/b/h/.repository\n" });
+    expect(denied).toBeInstanceOf(TargetSetupError);
+    expect(denied.message).toMatch(/the gateway denied access .*check the target's accessKeyId and secretAccessKey in the stack/);
+    const badKey = r.failure("init", { stdout: "", exitCode: 1, stderr: "Fatal: create repository failed: The AWS Access Key Id you provided does not exist in our records.\n" });
+    expect(badKey.message).toMatch(/the gateway refused the access keys/);
+  });
+});
