@@ -25,10 +25,23 @@ export interface TargetShipState {
   lastError?: { at: string; message: string };
 }
 
+/** The last restore drill of this backup (`kvm-backup drill`). */
+export interface DrillState {
+  at: string;
+  ok: boolean;
+  /** Seconds from the scratch domain's start until the guest answered; null when it did not. */
+  answerSeconds: number | null;
+  answeredBy: "guest-agent" | "console" | null;
+  /** staging, or the target the backup was fetched from. */
+  from: string;
+  error?: string;
+}
+
 export interface BackupState {
   stateVersion: number;
   protected: boolean;
   targets: Record<string, TargetShipState>;
+  drill?: DrillState;
 }
 
 export function emptyState(): BackupState {
@@ -52,7 +65,8 @@ export function readState(backupDir: string): BackupState {
   if (r.targets && typeof r.targets === "object") {
     for (const [name, t] of Object.entries(r.targets)) if (t && typeof t === "object") targets[name] = { ...t };
   }
-  return { stateVersion: STATE_VERSION, protected: r.protected === true, targets };
+  const drill = r.drill && typeof r.drill === "object" ? { ...r.drill } : undefined;
+  return { stateVersion: STATE_VERSION, protected: r.protected === true, targets, ...(drill ? { drill } : {}) };
 }
 
 /** Write the whole state: temp file, fsync, rename over state.json, fsync the directory. */

@@ -6,6 +6,7 @@ import { mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { HostConfig } from "./config/schema.ts";
 import { readRunRecord } from "./runRecord.ts";
+import { readDrillRecord } from "./drill/drillRecord.ts";
 import { idTime, listBackups } from "./staging.ts";
 
 export const DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/kvm_backup.prom";
@@ -20,6 +21,8 @@ export interface VmStatus {
   lastStoredBytes: number | null;
   peakFillPercent: number | null;
   lastRun: { at: string; ok: boolean; error?: string } | null;
+  /** The last restore drill (`kvm-backup drill`) and its age. */
+  lastDrill?: { at: string; ok: boolean; id: string | null; ageSeconds: number; answerSeconds: number | null; error?: string } | null;
 }
 
 export function vmStatuses(cfg: HostConfig, now = new Date()): VmStatus[] {
@@ -28,6 +31,7 @@ export function vmStatuses(cfg: HostConfig, now = new Date()): VmStatus[] {
     const last = backups.at(-1);
     const run = readRunRecord(cfg.staging.path, vm);
     const at = last ? new Date(last.manifest.finishedAt) : null;
+    const drill = readDrillRecord(cfg.staging.path, vm);
     return {
       vm,
       backups: backups.length,
@@ -38,6 +42,9 @@ export function vmStatuses(cfg: HostConfig, now = new Date()): VmStatus[] {
       lastStoredBytes: last ? last.manifest.disks.reduce((s, d) => s + d.bytesStored, 0) : null,
       peakFillPercent: last?.manifest.snapshot.peakFillPercent ?? null,
       lastRun: run ? { at: run.at, ok: run.ok, error: run.error } : null,
+      lastDrill: drill
+        ? { at: drill.at, ok: drill.ok, id: drill.id, ageSeconds: Math.max(0, Math.round((now.getTime() - Date.parse(drill.at)) / 1000)), answerSeconds: drill.answerSeconds, error: drill.error }
+        : null,
     };
   });
 }
@@ -56,6 +63,10 @@ export function prometheusText(host: string, rows: VmStatus[]): string {
     ["kvm_backup_stored_bytes", "gauge", "Bytes stored (compressed) by the newest backup.", (r) => r.lastStoredBytes],
     ["kvm_backup_snapshot_peak_fill_percent", "gauge", "LVM: highest snapshot fill seen during the newest backup.", (r) => r.peakFillPercent],
     ["kvm_backup_staged_backups", "gauge", "Complete backups in staging.", (r) => r.backups],
+    ["kvm_backup_last_drill_success", "gauge", "1 if the last restore drill booted the backup and the guest answered, 0 if not.", (r) => (r.lastDrill ? (r.lastDrill.ok ? 1 : 0) : null)],
+    ["kvm_backup_last_drill_timestamp_seconds", "gauge", "When the last restore drill ended (unix time).", (r) => (r.lastDrill ? Date.parse(r.lastDrill.at) / 1000 : null)],
+    ["kvm_backup_last_drill_age_seconds", "gauge", "Age of the last restore drill when status ran.", (r) => r.lastDrill?.ageSeconds ?? null],
+    ["kvm_backup_last_drill_answer_seconds", "gauge", "Start of the drill domain until its guest answered, last passed drill.", (r) => (r.lastDrill?.ok ? r.lastDrill.answerSeconds : null)],
   ];
   const out: string[] = [];
   for (const [name, type, help, value] of metrics) {
@@ -88,7 +99,12 @@ export function statusText(rows: VmStatus[]): string {
     .map((r) => {
       const last = r.lastSuccessId ? `last backup ${r.lastSuccessId} (${ago(r.ageSeconds!)} ago, window ${r.lastWindowMs ?? "-"} ms${r.peakFillPercent !== null ? `, peak fill ${r.peakFillPercent} %` : ""})` : "NO BACKUP in staging";
       const run = r.lastRun ? (r.lastRun.ok ? "last run ok" : `LAST RUN FAILED at ${r.lastRun.at}: ${r.lastRun.error ?? "?"}`) : "never run";
-      return `${r.vm}: ${last}; ${r.backups} staged; ${run}`;
+      const drill = r.lastDrill
+        ? r.lastDrill.ok
+          ? `; last drill passed ${ago(r.lastDrill.ageSeconds)} ago (backup ${r.lastDrill.id}, answered after ${r.lastDrill.answerSeconds} s)`
+          : `; LAST DRILL FAILED ${ago(r.lastDrill.ageSeconds)} ago: ${r.lastDrill.error ?? "?"}`
+        : "";
+      return `${r.vm}: ${last}; ${r.backups} staged; ${run}${drill}`;
     })
     .join("\n") + "\n";
 }

@@ -3,6 +3,7 @@ import { loadHostConfig } from "../config/hostConfig.ts";
 import { policyNames } from "../config/schema.ts";
 import { ExitCode } from "../errors.ts";
 import { backendFor, lockVm, removePartials } from "../pipeline.ts";
+import { removeDrillLeftovers } from "../drill/scratch.ts";
 import type { Command } from "./command.ts";
 import { selectVms } from "./vmSelection.ts";
 
@@ -24,6 +25,7 @@ export const recover: Command = {
         lock = lockVm(cfg.staging.path, vm, "recover");
         const done = await backendFor(policy.method).recover({ config: cfg, vm, vmConfig: cfg.vms[vm]!, policyName, policy, backupId: "recover", log: vlog });
         done.push(...removePartials(cfg.staging.path, vm, vlog));
+        done.push(...(await removeDrillLeftovers(cfg.libvirtUri, cfg.staging.path, vm, vlog)));
         ctx.stdout(done.length ? done.map((d) => `${vm}: ${d}\n`).join("") : `${vm}: nothing to repair\n`);
       } catch (e) {
         failed = true;

@@ -3,6 +3,7 @@ import { loadHostConfig } from "../config/hostConfig.ts";
 import { ExitCode, KvmBackupError, UsageError } from "../errors.ts";
 import { overallExitCode, runBackups } from "../pipeline.ts";
 import { shipThenPrune } from "../prune.ts";
+import { removeDrillLeftoversBeforeRun } from "../drill/scratch.ts";
 import type { Command } from "./command.ts";
 import { selectVms } from "./vmSelection.ts";
 
@@ -38,6 +39,7 @@ export const run: Command = {
     process.on("SIGTERM", onSignal);
     process.on("SIGINT", onSignal);
     try {
+      await removeDrillLeftoversBeforeRun(cfg, vms, log);
       const results = await runBackups(cfg, { vms, policy: values.policy }, { log, signal: ctrl.signal });
       for (const r of results) ctx.stdout(`${r.vm} ${r.ok ? `ok ${r.id}` : `FAILED: ${r.error}`}\n`);
       let code = overallExitCode(results);

@@ -319,11 +319,38 @@ export const LibvirtSnapshot = strict({
   quiesce: oneOf(["auto", "required", "off"] as const).default("auto"),
 }).default({ quiesce: "auto" });
 
+/**
+ * Restore drills (`kvm-backup drill`, docs/readme/70-restore-drills.md): on `schedule` the newest backup of each
+ * VM of the policy is restored into a scratch domain without network, booted, and must answer (guest agent
+ * `guest-ping`, or a console line matching `consolePattern`) within `bootTimeout`. `memory`/`vcpus` replace the
+ * VM's own for the scratch domain; `limits` apply to the drill's service (restore and boot wait).
+ */
+export const Drill = strict({
+  schedule: Schedule,
+  randomizedDelay: Duration.default("30min"),
+  bootTimeout: Duration.default("10min"),
+  consolePattern: z
+    .string()
+    .min(1)
+    .superRefine((v, ctx) => {
+      try {
+        new RegExp(v);
+      } catch (e) {
+        ctx.addIssue({ code: "custom", message: `is not a valid regular expression: ${(e as Error).message}` });
+      }
+    })
+    .optional(),
+  memory: Size.optional(),
+  vcpus: z.number().int().min(1).max(256, { error: "vcpus must be 1-256" }).optional(),
+  limits: Limits,
+});
+export type DrillPolicy = z.output<typeof Drill>;
+
 export const Policy = z.discriminatedUnion(
   "method",
   [
-    strict({ method: z.literal("lvm"), ...policyCommon, snapshot: LvmSnapshot }),
-    strict({ method: z.literal("libvirt"), ...policyCommon, snapshot: LibvirtSnapshot }),
+    strict({ method: z.literal("lvm"), ...policyCommon, snapshot: LvmSnapshot, drill: Drill.optional() }),
+    strict({ method: z.literal("libvirt"), ...policyCommon, snapshot: LibvirtSnapshot, drill: Drill.optional() }),
   ],
   { error: () => 'needs "method": lvm (LVM snapshots) or libvirt (libvirt disk-only external snapshots)' },
 );
