@@ -23,6 +23,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, r
 import { request } from "node:http";
 import { join } from "node:path";
 import { freePort } from "./sshdLab.ts";
+import { readPid } from "./daemonPid.ts";
 
 export interface CephLabInfo {
   dir: string;
@@ -101,17 +102,6 @@ function cephConf(dir: string, fsid: string, monPort: number, rgwPort: number): 
     `rgw data = ${dir}/rgw`,
     "",
   ].join("\n");
-}
-
-function readPid(file: string): number | undefined {
-  try {
-    const pid = Number(readFileSync(file, "utf8").trim());
-    if (!pid) return undefined;
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined;
-  }
 }
 
 function logTails(logDir: string, chars = 3000): string {

@@ -14,6 +14,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { readPid } from "./daemonPid.ts";
 
 export interface LibvirtLabInfo {
   dir: string;
@@ -35,17 +36,6 @@ const BIND_DIRS: Array<[string, string]> = [
 function need(tool: string, pkg: string): void {
   const r = spawnSync("sh", ["-c", 'command -v "$1"', "sh", tool]);
   if (r.status !== 0) throw new Error(`libvirt lab: ${tool} is missing; install the Debian package ${pkg} (scripts/lab-packages.txt)`);
-}
-
-function readPid(file: string): number | undefined {
-  try {
-    const pid = Number(readFileSync(file, "utf8").trim());
-    if (!pid) return undefined;
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return undefined;
-  }
 }
 
 function tailOf(file: string, chars = 4000): string {
