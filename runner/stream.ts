@@ -175,6 +175,29 @@ export async function sealStoredFile(path: string): Promise<{ bytes: number; sha
 
 const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms));
 
+/** Calls `onStall` once `progress()` has not moved for `stallMs`. Returns the function that stops watching. */
+function watchForStall(progress: () => number, stallMs: number, onStall: () => void): () => void {
+  let last = -1;
+  let since = Date.now();
+  const timer = setInterval(() => {
+    const now = progress();
+    if (now !== last) {
+      last = now;
+      since = Date.now();
+    } else if (Date.now() - since >= stallMs) {
+      clearInterval(timer);
+      onStall();
+    }
+  }, Math.min(1000, Math.max(50, stallMs / 4)));
+  return () => clearInterval(timer);
+}
+
+function stallError(disk: FrozenDisk, stallMs: number, where: string): StreamError {
+  return new StreamError(
+    `disk ${disk.name}: the stream made no progress for ${Math.round(stallMs / 1000)} s (${where}); a hung disk or reader process (look at ${disk.readPath} and dmesg); it was stopped so that the snapshot is removed`,
+  );
+}
+
 export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
   const { disk, outFile, signal, log } = opts;
   if (signal.aborted) throw signal.reason;
@@ -195,7 +218,7 @@ export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
   };
   const onAbort = () => stop(signal.reason);
   signal.addEventListener("abort", onAbort, { once: true });
-  let watchdog: NodeJS.Timeout | undefined;
+  let unwatch = () => {};
   try {
     if (!limited) return await copyUncompressed(opts, progress, stop, (s) => (hashSource = s), children);
 
@@ -244,22 +267,11 @@ export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
     let hashed = 0;
 
     const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
-    let lastSeen = -1;
-    let lastChange = Date.now();
-    watchdog = setInterval(() => {
-      const seen = (compPos() ?? 0) + hashed;
-      if (seen !== lastSeen) {
-        lastSeen = seen;
-        lastChange = Date.now();
-      } else if (Date.now() - lastChange >= stallMs) {
-        stop(
-          new StreamError(
-            `disk ${disk.name}: the stream made no progress for ${Math.round(stallMs / 1000)} s (the compressor has read ${compPos() ?? "?"} of ${disk.virtualSize} bytes, the checksum reader ${hashed}); ` +
-              `a hung disk or reader process (look at ${disk.readPath} and dmesg); it was stopped so that the snapshot is removed`,
-          ),
-        );
-      }
-    }, Math.min(1000, Math.max(50, stallMs / 4)));
+    unwatch = watchForStall(
+      () => (compPos() ?? 0) + hashed,
+      stallMs,
+      () => stop(stallError(disk, stallMs, `the compressor has read ${compPos() ?? "?"} of ${disk.virtualSize} bytes, the checksum reader ${hashed}`)),
+    );
 
     let hashError: unknown = null;
     try {
@@ -308,7 +320,7 @@ export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
     for (const c of children) c.kill("SIGKILL");
     throw e;
   } finally {
-    clearInterval(watchdog);
+    unwatch();
     for (const fd of fds) closeSync(fd);
     signal.removeEventListener("abort", onAbort);
     progress.finish();
@@ -334,16 +346,15 @@ async function copyUncompressed(
   let writeError: NodeJS.ErrnoException | null = null;
   file.on("error", (e) => (writeError ??= e as NodeJS.ErrnoException));
   const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
-  let last = -1;
-  let lastChange = Date.now();
-  const watchdog = setInterval(() => {
-    if (hash.bytes !== last) (last = hash.bytes), (lastChange = Date.now());
-    else if (Date.now() - lastChange >= stallMs) {
-      const e = new StreamError(`disk ${disk.name}: the stream made no progress for ${Math.round(stallMs / 1000)} s (${hash.bytes} of ${disk.virtualSize} bytes); a hung disk or reader (look at ${disk.readPath} and dmesg); it was stopped so that the snapshot is removed`);
+  const unwatch = watchForStall(
+    () => hash.bytes,
+    stallMs,
+    () => {
+      const e = stallError(disk, stallMs, `${hash.bytes} of ${disk.virtualSize} bytes read`);
       stop(e);
       file.destroy(e);
-    }
-  }, Math.min(1000, Math.max(50, stallMs / 4)));
+    },
+  );
   try {
     const [piped, exit] = await Promise.all([pipeline(source, hash, file).then(() => null, (e: unknown) => e), reader ? Promise.allSettled([reader]).then(([r]) => r) : undefined]);
     if (opts.signal.aborted) throw opts.signal.reason;
@@ -359,7 +370,7 @@ async function copyUncompressed(
     }
     return { bytesRead: hash.bytes, sha256: hash.digest() };
   } finally {
-    clearInterval(watchdog);
+    unwatch();
   }
 }
 

@@ -31,12 +31,12 @@ function alive(pid: number): boolean {
   }
 }
 
-async function waitFor<T>(what: string, f: () => T | undefined, ms = 20_000): Promise<T> {
+async function waitFor<T>(what: string | (() => string), f: () => T | undefined, ms = 20_000): Promise<T> {
   const until = Date.now() + ms;
   for (;;) {
     const v = f();
     if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > until) throw new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`);
     await new Promise((r) => setTimeout(r, 10));
   }
 }
@@ -102,9 +102,12 @@ describe("stream step: real compressor, real files", () => {
   });
 
   it("kill -9 of the runner takes the compressor, nbdcopy and qemu-nbd with it (their lock would block blockcommit)", async () => {
+    // A big sparse image keeps nbdcopy, qemu-nbd and zstd busy for seconds (a small one is read into zstd at once).
+    const sparse = join(dir, "sparse.qcow2");
+    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", sparse, "2G"], { timeout: 60_000 });
     const script = `import { streamDisk } from ${JSON.stringify(join(import.meta.dirname, "../../runner/stream.ts"))};
       import { Logger } from ${JSON.stringify(join(import.meta.dirname, "../../runner/log.ts"))};
-      await streamDisk({ disk: { name: "vda", source: "${qcow2}", readPath: "${qcow2}", format: "qcow2", virtualSize: ${SIZE} }, outFile: "${join(dir, "killed.zst")}",
+      await streamDisk({ disk: { name: "vda", source: "${sparse}", readPath: "${sparse}", format: "qcow2", virtualSize: ${2 * 2 ** 30} }, outFile: "${join(dir, "killed.zst")}",
         compression: { type: "zstd", level: 19, threads: 1 }, signal: new AbortController().signal, log: new Logger({}, { isTTY: false, write: () => undefined }) });`;
     const runner = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "ignore", "pipe"] });
     let runnerErr = "";
@@ -114,12 +117,14 @@ describe("stream step: real compressor, real files", () => {
       return kids.flatMap((k) => [k, ...descendants(k)]);
     };
     const names = (pids: number[]) => pids.map((p) => readFileSync(`/proc/${p}/comm`, "utf8").trim()).sort();
-    // The compressor and its nbdcopy with qemu-nbd (the checksum reader's pair may be done already: small image).
-    const kids = await waitFor("the stream's children", () => {
+    // The compressor and the nbdcopy/qemu-nbd pairs feeding it and the checksum reader.
+    let seen = "";
+    const kids = await waitFor(() => `the stream's children (last seen: ${seen || "none"})`, () => {
       if (runner.exitCode !== null) throw new Error(`the stream process ended early (exit ${runner.exitCode}): ${runnerErr}`);
       const d = descendants(runner.pid!);
       try {
         const n = names(d);
+        seen = n.join(",");
         return ["zstd", "nbdcopy", "qemu-nbd"].every((x) => n.includes(x)) ? d : undefined;
       } catch {
         return undefined;
