@@ -15,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { sha256 } from "../../components/render/hash.ts";
 import { hostLayout, type HostLayout } from "../../components/render/layout.ts";
 import { captureWithMocks } from "../../scripts/preview-offline/mockCapture.ts";
-import { capturePreview, type PreviewResult } from "../../scripts/preview-offline/preview.ts";
+import type { CapturedResource } from "../../scripts/preview-offline/capture.ts";
+import { capturePreview } from "../../scripts/preview-offline/preview.ts";
 import { changes, type DeployState, EMPTY_STATE, failureReport, replayDestroy, type ReplayResult, replayUp } from "../lab/deployReplay.ts";
 import { createTestDomain, domainSources, domainState, removeTestDomain, type TestDomain } from "../lab/libvirtLab.ts";
 import { checkAgainstManifests, CLI, inventory } from "../lab/shipFixtures.ts";
@@ -91,11 +92,49 @@ function overrides(hosts: HostSetup[], targetPath: string, policies: Record<stri
   };
 }
 
-async function capture(over: Record<string, unknown>): Promise<PreviewResult> {
+interface Captured {
+  resources: CapturedResource[];
+  outputs: Record<string, any>;
+}
+
+/** The program as the Node.js language host runs it (the SDK's cmd/run against the offline engine). */
+async function captureThroughSdk(over: Record<string, unknown>): Promise<Captured> {
   const result = await capturePreview({ projectDir, stack: "lab", overrides: over, env: { KVM_BACKUP_BUNDLE: CLI } });
   const errors = result.logs.filter((l) => l.severity === "error").map((l) => l.message);
   if (result.exitCode !== 0 || errors.length) throw new Error(`the program failed (exit ${result.exitCode}): ${errors.join("\n")}\n${result.stderr}`);
-  return result;
+  return { resources: result.resources, outputs: result.outputs.hosts as Record<string, any> };
+}
+
+/**
+ * The program in this process under setMocks: the same registrations as through the SDK's entry point (the
+ * first test checks that), seconds faster than a new process per capture. The URNs of nested resources differ
+ * between the two (the mocks qualify a type by the parent's type only), so one run of tests replays one kind.
+ */
+async function capture(over: Record<string, unknown>, opts: { bundle?: string; now?: Date; commandStdout?: (name: string) => string | undefined } = {}): Promise<Captured> {
+  const r = await captureWithMocks({ projectDir, stack: "lab", bundlePath: opts.bundle ?? CLI, now: opts.now ?? new Date(), overrides: over, commandStdout: opts.commandStdout });
+  return { resources: r.resources, outputs: r.outputs as Record<string, any> };
+}
+
+/**
+ * What the replay looks at, per custom resource by name (dependencies as names), secrets replaced by their
+ * SHA-256 so that a failing comparison prints no key.
+ */
+function registrations(resources: CapturedResource[]) {
+  const custom = resources.filter((r) => r.custom && !r.type.startsWith("pulumi:providers:"));
+  const nameOf = new Map(custom.map((r) => [r.urn, r.name]));
+  const masked = (r: CapturedResource) => {
+    const inputs: Record<string, unknown> = { ...r.inputs };
+    const conn = inputs.connection as Record<string, unknown> | undefined;
+    if (conn) inputs.connection = { ...conn, privateKey: sha256(String(conn.privateKey)) };
+    if (r.secretPaths.includes("stdin")) inputs.stdin = sha256(String(inputs.stdin));
+    return inputs;
+  };
+  return custom
+    .map((r) => ({
+      name: r.name, type: r.type, inputs: masked(r), secretPaths: [...r.secretPaths].sort(), dependencies: r.dependencies.map((d) => nameOf.get(d) ?? d).sort(),
+      deleteBeforeReplace: r.deleteBeforeReplace, replaceOnChanges: r.replaceOnChanges, version: r.version,
+    }))
+    .sort((a, b) => a.name.localeCompare(b.name));
 }
 
 function byName(result: { state: DeployState }, name: string) {
@@ -119,7 +158,7 @@ function expectDeletesBeforeDependencies(result: ReplayResult, prior: DeployStat
 }
 
 /** Every step that ran started only after the steps of everything it depends on had ended. */
-function expectDependencyOrder(result: ReplayResult, preview: PreviewResult): void {
+function expectDependencyOrder(result: ReplayResult, preview: { resources: CapturedResource[] }): void {
   const step = new Map(result.steps.map((st) => [st.urn, st]));
   for (const r of preview.resources) {
     const st = step.get(r.urn);
@@ -178,7 +217,10 @@ describe("pulumi up, a scheduled run, a policy change and pulumi destroy, replay
   });
 
   it("pulumi up: preflight, runner, key, staging, config and an enabled timer, each step once, in order", async () => {
-    const preview = await capture(overrides([host], targetPath, { [WEEKLY]: WEEKLY_POLICY }));
+    const stack = overrides([host], targetPath, { [WEEKLY]: WEEKLY_POLICY });
+    const preview = await capture(stack);
+    // What the language host's run of index.ts registers is the same, resource by resource.
+    expect(registrations((await captureThroughSdk(stack)).resources)).toEqual(registrations(preview.resources));
     const up = await replayUp(preview.resources, EMPTY_STATE);
     expect(failureReport(up)).toBe("");
     state = up.state;
@@ -223,19 +265,12 @@ describe("pulumi up, a scheduled run, a policy change and pulumi destroy, replay
 
     // Stack outputs, from the program fed with what the host printed.
     const now = new Date();
-    const { outputs } = await captureWithMocks({
-      projectDir,
-      stack: "lab",
-      bundlePath: CLI,
-      now,
-      overrides: overrides([host], targetPath, { [WEEKLY]: WEEKLY_POLICY }),
-      commandStdout: (name) => (name === "lab/runner" ? byName(up, name).stdout : undefined),
-    });
-    const lab = (outputs as Record<string, any>).lab;
+    const outputs = (await capture(stack, { now, commandStdout: (name) => (name === "lab/runner" ? byName(up, name).stdout : undefined) })).outputs;
+    const lab = outputs.lab;
     expect(lab.runnerVersion).toBe(runnerVersion());
     expect(lab.runnerRelease).toBe(release.slice("releases/".length));
     expect(lab.configHash).toBe(sha256(configText));
-    const calendar = execFileSync("systemd-analyze", ["calendar", `--base-time=@${Math.floor(now.getTime() / 1000)}`, "*-*-* 02:00"], { encoding: "utf8", env: { ...process.env, LC_ALL: "C", TZ: process.env.TZ ?? "" } });
+    const calendar = execFileSync("systemd-analyze", ["calendar", `--base-time=@${Math.floor(now.getTime() / 1000)}`, "*-*-* 02:00"], { encoding: "utf8", env: { ...process.env, LC_ALL: "C" } });
     const next = /\(in UTC\): (.*)|Next elapse: (.*)/.exec(calendar)!;
     const systemdNext = new Date((next[1] ?? next[2]!).trim().replace(/^\w{3} /, "").replace(" UTC", "Z").replace(" ", "T"));
     expect(Math.abs(new Date(lab.policies[POLICY].nextRun).getTime() - systemdNext.getTime())).toBeLessThan(1000);
@@ -318,6 +353,35 @@ describe("pulumi up, a scheduled run, a policy change and pulumi destroy, replay
     expect(inventory(targetVm())).toEqual(beforeTarget);
   }, 180_000);
 
+  it("a new runner bundle: new release, preflight and switch; config, units and backups untouched; the previous release kept", async () => {
+    const beforeStaging = inventory(stagingVm());
+    const previous = readlinkSync(layout.currentLink);
+    const configIno = statSync(layout.configFile).ino;
+    const serviceIno = statSync(service()).ino;
+    const bundle = join(work, "upgrade", "kvm-backup.mjs");
+    mkdirSync(join(work, "upgrade"));
+    writeFileSync(bundle, `${readFileSync(CLI, "utf8")}\n// another build\n`);
+
+    const preview = await capture(overrides([{ ...host, policies: [POLICY] }], targetPath, { [POLICY]: { schedule: "*-*-* 03:30", retention: { keepLast: 5, keepDaily: 7 } } }), { bundle });
+    const up = await replayUp(preview.resources, state);
+    expect(failureReport(up)).toBe("");
+    state = up.state;
+    expect(changes(up)).toEqual(["replace lab/release", "replace lab/bundle", "replace lab/preflight", "update lab/runner"]);
+    expect(byName(up, "lab/release").stdout).toMatch(/^release directory [0-9a-f]{16} ready\n$/);
+    const current = readlinkSync(layout.currentLink);
+    expect(current).not.toBe(previous);
+    expect(sha256(readFileSync(join(layout.installDir, current, "kvm-backup.mjs")))).toBe(sha256(readFileSync(bundle)));
+    expect(byName(up, "lab/runner").stdout.trim()).toBe(runnerVersion());
+    // The release replaced while it was active stays, as the one to roll back to.
+    expect(readdirSync(layout.releasesDir).sort()).toEqual([previous, current].map((r) => r.slice("releases/".length)).sort());
+    expect(statSync(layout.configFile).ino).toBe(configIno);
+    expect(statSync(service()).ino).toBe(serviceIno);
+    expect(inventory(stagingVm())).toEqual(beforeStaging);
+    // The installed command is the new build and works.
+    const status = cli(layout.binLink, layout.configFile, ["status", "--json", "--no-textfile"]);
+    expect(status.status, status.stderr).toBe(0);
+  }, 180_000);
+
   it("pulumi destroy removes runner, config, key and units; the backups stay and restore with a freshly copied bundle", async () => {
     const beforeStaging = inventory(stagingVm());
     const beforeTarget = inventory(targetVm());
@@ -394,7 +458,7 @@ describe("preflight failure", () => {
       expect(report).toContain("nothing was changed on this host");
       // Nothing active on the bare host: only the copied bundle of a release that never became current.
       const otherLayout = hostLayout(other.root);
-      const releaseId = `${(preview.outputs.hosts as Record<string, any>).bare.runnerRelease}`;
+      const releaseId = `${preview.outputs.bare.runnerRelease}`;
       expect(filesUnder(other.root)).toEqual([`opt/kvm-backup/releases/${releaseId}/kvm-backup.mjs`]);
       expect(existsSync(otherLayout.currentLink)).toBe(false);
       expect(existsSync(other.staging)).toBe(false);
