@@ -25,6 +25,8 @@ export class BackupPolicy extends pulumi.ComponentResource {
   readonly targets: string[];
   readonly schedule: ScheduleSummary;
   readonly job: ScheduledJob;
+  /** The restore drill's job and schedule (policy.drill), or null. */
+  readonly drill: { job: ScheduledJob; schedule: ScheduleSummary } | null;
 
   constructor(name: string, args: BackupPolicyArgs, opts?: pulumi.ComponentResourceOptions) {
     super("kvm-backup:index:BackupPolicy", name, {}, opts);
@@ -38,6 +40,16 @@ export class BackupPolicy extends pulumi.ComponentResource {
       { hostName: args.hostName, policyName: args.policyName, policy: args.policy, connection: args.connection, layout: args.layout, dependsOn: args.dependsOn },
       { parent: this },
     );
-    this.registerOutputs({ method: this.method, vms: this.vms, targets: this.targets, schedule: this.schedule });
+    this.drill = args.policy.drill
+      ? {
+          schedule: scheduleSummary(args.policy.drill, args.now),
+          job: new ScheduledJob(
+            `${name}/drill`,
+            { hostName: args.hostName, policyName: args.policyName, policy: args.policy, connection: args.connection, layout: args.layout, dependsOn: args.dependsOn, job: "drill" },
+            { parent: this },
+          ),
+        }
+      : null;
+    this.registerOutputs({ method: this.method, vms: this.vms, targets: this.targets, schedule: this.schedule, drillSchedule: this.drill?.schedule ?? null });
   }
 }

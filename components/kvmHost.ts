@@ -42,6 +42,8 @@ export interface PolicyOutputs extends ScheduleSummary {
   service: string;
   timer: string;
   vms: string[];
+  /** The restore drill's units and schedule (policies.<name>.drill). */
+  drill?: ScheduleSummary & { service: string; timer: string };
 }
 
 /** Everything the program checks before creating a single resource for a host; throws a plain message. */
@@ -178,6 +180,7 @@ export class KvmHost extends pulumi.ComponentResource {
         .map(([v]) => v);
       const bp = new BackupPolicy(`${name}/${p}`, { hostName, policyName: p, policy, vms, connection, now, layout, dependsOn: [this.configFile] }, { parent: this });
       this.policies[p] = { ...bp.schedule, service: bp.job.service, timer: bp.job.timer, vms: bp.vms };
+      if (bp.drill) this.policies[p].drill = { ...bp.drill.schedule, service: bp.drill.job.service, timer: bp.drill.job.timer };
     }
     this.runnerVersion = this.runner.stdout.apply((s) => (s ?? "").trim().split("\n").pop() ?? "");
     this.registerOutputs({

@@ -6,7 +6,7 @@ import type { Connection } from "./connection.ts";
 import { sha256 } from "./render/hash.ts";
 import { HOST_LAYOUT, type HostLayout } from "./render/layout.ts";
 import { renderUnitsInstall, renderUnitsRemove, unitsStdin } from "./render/scripts.ts";
-import { renderServiceUnit, renderTimerUnit, unitNames } from "./render/units.ts";
+import { type JobKind, renderDrillServiceUnit, renderDrillTimerUnit, renderServiceUnit, renderTimerUnit, unitNames } from "./render/units.ts";
 
 export interface ScheduledJobArgs {
   hostName: string;
@@ -16,6 +16,8 @@ export interface ScheduledJobArgs {
   /** Where the deploy installs on the host (default: the real paths). */
   layout?: HostLayout;
   dependsOn?: pulumi.Input<pulumi.Resource>[];
+  /** "drill": the policy's restore drill (policy.drill must be set) instead of its backups. */
+  job?: JobKind;
 }
 
 /**
@@ -34,11 +36,18 @@ export class ScheduledJob extends pulumi.ComponentResource {
   constructor(name: string, args: ScheduledJobArgs, opts?: pulumi.ComponentResourceOptions) {
     super("kvm-backup:index:ScheduledJob", name, {}, opts);
     const layout = args.layout ?? HOST_LAYOUT;
-    const names = unitNames(args.policyName);
+    const job = args.job ?? "backup";
+    const names = unitNames(args.policyName, job);
     this.service = names.service;
     this.timer = names.timer;
-    this.serviceUnit = renderServiceUnit(args.policyName, args.policy, layout);
-    this.timerUnit = renderTimerUnit(args.policyName, args.policy);
+    if (job === "drill") {
+      if (!args.policy.drill) throw new Error(`ScheduledJob ${name}: policy ${args.policyName} has no drill settings`);
+      this.serviceUnit = renderDrillServiceUnit(args.policyName, args.policy.drill, layout);
+      this.timerUnit = renderDrillTimerUnit(args.policyName, args.policy.drill);
+    } else {
+      this.serviceUnit = renderServiceUnit(args.policyName, args.policy, layout);
+      this.timerUnit = renderTimerUnit(args.policyName, args.policy);
+    }
     const { stdin, serviceBytes } = unitsStdin(this.serviceUnit, this.timerUnit);
     this.unitsHash = sha256(stdin);
     this.units = new remote.Command(
@@ -53,8 +62,9 @@ export class ScheduledJob extends pulumi.ComponentResource {
           serviceSha256: sha256(this.serviceUnit),
           timerSha256: sha256(this.timerUnit),
           layout,
+          job,
         }),
-        delete: renderUnitsRemove({ hostName: args.hostName, policyName: args.policyName, layout }),
+        delete: renderUnitsRemove({ hostName: args.hostName, policyName: args.policyName, layout, job }),
         stdin,
       },
       commandOptions(this, args.dependsOn),

@@ -14,7 +14,7 @@
  */
 import { HOST_LAYOUT, type HostLayout, keyFile, releaseBundle, releaseDir } from "./layout.ts";
 import { shq } from "./shell.ts";
-import { unitNames } from "./units.ts";
+import { type JobKind, unitNames } from "./units.ts";
 
 /** Root check and a `fail MESSAGE [CODE]` helper that names the host. */
 function prelude(hostName: string, what: string): string {
@@ -253,6 +253,8 @@ export interface UnitScriptArgs {
   serviceSha256: string;
   timerSha256: string;
   layout?: HostLayout;
+  /** The policy's backup units (default) or its restore drill units. */
+  job?: JobKind;
 }
 
 /** The stdin of the unit script: both units back to back (the script splits them by the service's length). */
@@ -298,13 +300,13 @@ function disableTimer(layout: HostLayout, timer: string): string[] {
  * Installs the service and timer of one policy and (re-)enables the timer (see enableTimer for a host
  * without systemd running).
  */
-export function renderUnitsInstall({ hostName, policyName, serviceBytes, serviceSha256, timerSha256, layout = HOST_LAYOUT }: UnitScriptArgs): string {
-  const u = unitNames(policyName);
+export function renderUnitsInstall({ hostName, policyName, serviceBytes, serviceSha256, timerSha256, layout = HOST_LAYOUT, job = "backup" }: UnitScriptArgs): string {
+  const u = unitNames(policyName, job);
   const svc = `${layout.unitDir}/${u.service}`;
   const tim = `${layout.unitDir}/${u.timer}`;
   return [
     "set -eu",
-    prelude(hostName, `units of policy ${policyName}`),
+    prelude(hostName, `${job === "drill" ? "drill units" : "units"} of policy ${policyName}`),
     "umask 022",
     `mkdir -p ${shq(layout.unitDir)}`,
     `tmpd=$(mktemp -d) || fail "cannot create a temporary directory"`,
@@ -324,11 +326,11 @@ export function renderUnitsInstall({ hostName, policyName, serviceBytes, service
 }
 
 /** Disables the timer and removes both units. A backup that is running finishes; backups stay where they are. */
-export function renderUnitsRemove({ hostName, policyName, layout = HOST_LAYOUT }: { hostName: string; policyName: string; layout?: HostLayout }): string {
-  const u = unitNames(policyName);
+export function renderUnitsRemove({ hostName, policyName, layout = HOST_LAYOUT, job = "backup" }: { hostName: string; policyName: string; layout?: HostLayout; job?: JobKind }): string {
+  const u = unitNames(policyName, job);
   return [
     "set -u",
-    prelude(hostName, `units removal of policy ${policyName}`),
+    prelude(hostName, `${job === "drill" ? "drill units" : "units"} removal of policy ${policyName}`),
     ...disableTimer(layout, u.timer),
     `rm -f ${shq(`${layout.unitDir}/${u.timer}`)} ${shq(`${layout.unitDir}/${u.service}`)} ${shq(`${layout.unitDir}/${u.timer}.new`)} ${shq(`${layout.unitDir}/${u.service}.new`)}`,
     `rmdir ${shq(`${layout.unitDir}/timers.target.wants`)} 2>/dev/null || true`,

@@ -3,7 +3,7 @@
  * kvm-backup-<policy>.timer starts it on the policy's schedule.
  */
 import { formatDuration, parseDuration } from "../../runner/config/duration.ts";
-import type { Policy } from "../../runner/config/schema.ts";
+import type { DrillPolicy, Policy } from "../../runner/config/schema.ts";
 import { HOST_LAYOUT, type HostLayout } from "./layout.ts";
 
 export interface UnitNames {
@@ -11,8 +11,17 @@ export interface UnitNames {
   timer: string;
 }
 
-export function unitNames(policyName: string): UnitNames {
-  return { service: `kvm-backup-${policyName}.service`, timer: `kvm-backup-${policyName}.timer` };
+/** The backup job of a policy, or its restore drill (policies.<name>.drill). */
+export type JobKind = "backup" | "drill";
+
+/**
+ * kvm-backup-<policy>.{service,timer}; the drill's kvm-backup-drill@<policy>.{service,timer}: instance names with
+ * their own unit files (no template), because "@" is not allowed in policy names, so no policy's units can
+ * collide with another policy's drill units (":" would do the same but `systemd-analyze verify` rejects it).
+ */
+export function unitNames(policyName: string, job: JobKind = "backup"): UnitNames {
+  const base = job === "drill" ? `kvm-backup-drill@${policyName}` : `kvm-backup-${policyName}`;
+  return { service: `${base}.service`, timer: `${base}.timer` };
 }
 
 const HEADER = "# Installed by `pulumi up` (kvm-backup). Local edits are overwritten on the next deploy.\n";
@@ -78,4 +87,52 @@ export function renderTimerUnit(policyName: string, policy: Policy): string {
     "",
   ];
   return lines.join("\n");
+}
+
+/**
+ * The restore drill of a policy: `kvm-backup drill --policy <name>` (every VM of the policy, one after the other)
+ * with the drill's own limits. The drill waits for a running backup of the same VM (the VM lock), so the two
+ * never overlap on a VM; QEMU of the scratch domain runs under libvirtd, outside this unit's cgroup.
+ */
+export function renderDrillServiceUnit(policyName: string, drill: DrillPolicy, layout: HostLayout = HOST_LAYOUT): string {
+  const { limits } = drill;
+  const config = layout.root === "/" ? "" : ` --config ${layout.configFile}`;
+  return [
+    HEADER.trimEnd(),
+    "[Unit]",
+    `Description=kvm-backup: restore drill of the VMs of policy ${policyName} (boot the newest backup without network)`,
+    "After=libvirtd.service",
+    "",
+    "[Service]",
+    "Type=oneshot",
+    `ExecStart=${layout.binLink}${config} drill --policy ${policyName}`,
+    `Nice=${limits.nice}`,
+    `IOSchedulingClass=${limits.ioClass}`,
+    `IOSchedulingPriority=${limits.ioPriority}`,
+    ...(limits.cpuQuota ? [`CPUQuota=${limits.cpuQuota}`] : []),
+    `TimeoutStartSec=${span(limits.timeout)}`,
+    // SIGTERM to the runner alone: it destroys the scratch domain and deletes its files; a kill -9 is cleaned
+    // up by the next drill, run or recover of the VM.
+    "KillMode=mixed",
+    "TimeoutStopSec=5min",
+    "",
+  ].join("\n");
+}
+
+export function renderDrillTimerUnit(policyName: string, drill: DrillPolicy): string {
+  return [
+    HEADER.trimEnd(),
+    "[Unit]",
+    `Description=kvm-backup: restore drill schedule of policy ${policyName}`,
+    "",
+    "[Timer]",
+    `OnCalendar=${drill.schedule}`,
+    `RandomizedDelaySec=${span(drill.randomizedDelay)}`,
+    "Persistent=true",
+    `Unit=${unitNames(policyName, "drill").service}`,
+    "",
+    "[Install]",
+    "WantedBy=timers.target",
+    "",
+  ].join("\n");
 }

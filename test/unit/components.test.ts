@@ -225,6 +225,32 @@ for (const stack of ["lab", "prod.example"] as const) {
   });
 }
 
+describe("a policy with a restore drill (policies.<name>.drill)", () => {
+  let resources: CapturedResource[];
+  let outputs: Record<string, any>;
+
+  beforeAll(async () => {
+    const overrides = mergeOverrides(SECRETS.lab, { policies: { "lab-nightly": { drill: { schedule: "Sun *-*-* 05:00", bootTimeout: "5min" } } } }) as Record<string, unknown>;
+    const r = await captureWithMocks({ projectDir, stack: "lab", bundlePath, now: NOW, overrides });
+    resources = r.resources;
+    outputs = r.outputs as Record<string, any>;
+  }, 60_000);
+
+  it("gets a second job under its BackupPolicy: drill units from stdin, removed on delete, schedule in the outputs", () => {
+    const bp = byName(resources, "kvm-backup:index:BackupPolicy", "lab/lab-nightly");
+    const jobs = resources.filter((r) => r.type === "kvm-backup:index:ScheduledJob" && r.parent === bp.urn).map((r) => r.name).sort();
+    expect(jobs).toEqual(["lab/lab-nightly", "lab/lab-nightly/drill"]);
+    const units = byName(resources, CMD, "lab/lab-nightly/drill/units");
+    expect(String(units.inputs.stdin)).toContain("\nExecStart=/usr/local/bin/kvm-backup drill --policy lab-nightly\n");
+    expect(String(units.inputs.stdin)).toContain("\nOnCalendar=Sun *-*-* 05:00\n");
+    expect(String(units.inputs.create)).toContain("'kvm-backup-drill@lab-nightly.timer'");
+    expect(String(units.inputs.delete)).toContain("systemctl disable --now 'kvm-backup-drill@lab-nightly.timer'");
+    expect(String(byName(resources, CMD, "lab/lab-nightly/units").inputs.stdin)).toContain("run --policy lab-nightly\n");
+    expect(outputs.lab.policies["lab-nightly"].drill).toMatchObject({ timer: "kvm-backup-drill@lab-nightly.timer", onCalendar: "Sun *-*-* 05:00:00" });
+    expect(outputs.lab.policies["lab-nightly"].drill.nextRun).toBe("2026-03-08T05:00:00.000Z"); // NOW is Sunday 12:00 UTC
+  });
+});
+
 describe("a host deployed under another root (hosts.<host>.root)", () => {
   const root = "/srv/kvmb-try";
   let resources: CapturedResource[];

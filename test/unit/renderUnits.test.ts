@@ -13,7 +13,7 @@ import { loadStackFile } from "../../runner/config/loadStack.ts";
 import { type Policy, Policy as PolicySchema } from "../../runner/config/schema.ts";
 import { HOST_LAYOUT, hostLayout } from "../../components/render/layout.ts";
 import { scheduleSummary } from "../../components/render/schedule.ts";
-import { renderServiceUnit, renderTimerUnit, unitNames } from "../../components/render/units.ts";
+import { renderDrillServiceUnit, renderDrillTimerUnit, renderServiceUnit, renderTimerUnit, unitNames } from "../../components/render/units.ts";
 
 const SYSTEMD_UNITS = "/usr/lib/systemd/system";
 
@@ -131,6 +131,35 @@ describe("rendered timer", () => {
     expect(text).toContain("\nPersistent=true\n");
     expect(text).toContain("\nUnit=kvm-backup-weekly.service\n");
     expect(text).toContain("\nWantedBy=timers.target\n");
+  });
+});
+
+describe("restore drill units", () => {
+  const p = PolicySchema.parse({
+    method: "libvirt",
+    ...base,
+    drill: { schedule: "Sat *-*-* 05:00", randomizedDelay: "1h", limits: { nice: 15, ioClass: "idle", cpuQuota: "100%", timeout: "2h" } },
+  });
+
+  it("verify without a warning, under names no policy's own units can take", () => {
+    const u = unitNames("nightly", "drill");
+    expect(u).toEqual({ service: "kvm-backup-drill@nightly.service", timer: "kvm-backup-drill@nightly.timer" });
+    expect(unitNames("drill-nightly").service).not.toBe(u.service);
+    const result = verify({ [u.service]: renderDrillServiceUnit("nightly", p.drill!), [u.timer]: renderDrillTimerUnit("nightly", p.drill!) });
+    expect(result.output).toBe("");
+    expect(result.status).toBe(0);
+  });
+
+  it("run `drill --policy` with the drill's limits on the drill's schedule", () => {
+    const svc = renderDrillServiceUnit("nightly", p.drill!);
+    expect(svc).toContain("\nExecStart=/usr/local/bin/kvm-backup drill --policy nightly\n");
+    expect(svc).toMatch(/\nNice=15\nIOSchedulingClass=idle\nIOSchedulingPriority=7\nCPUQuota=100%\nTimeoutStartSec=2h\n/);
+    expect(svc).toContain("\nKillMode=mixed\n");
+    expect(renderDrillServiceUnit("nightly", p.drill!, hostLayout("/srv/try"))).toContain("--config /srv/try/etc/kvm-backup/config.json drill --policy nightly\n");
+    const timer = renderDrillTimerUnit("nightly", p.drill!);
+    expect(timer).toContain("\nOnCalendar=Sat *-*-* 05:00\n");
+    expect(timer).toContain("\nRandomizedDelaySec=1h\n");
+    expect(timer).toContain("\nUnit=kvm-backup-drill@nightly.service\n");
   });
 });
 
