@@ -1,8 +1,10 @@
 /**
- * The one pipeline, for both snapshot back-ends, per VM:
+ * The one pipeline, for both snapshot back-ends and both backup formats, per VM:
  *   lock -> recover (what a crashed run left) -> preflight (back-end + local staging with room) -> snapshot ->
  *   stream every disk into <id>.partial -> ALWAYS remove the snapshot -> manifest.json -> rename to <id>.
- * A failure of one VM is logged and returned; the caller goes on with the next VM.
+ * The format (formats/*: image files, or a restic repository) decides only where a disk's bytes go and what
+ * happens to them after the snapshot is removed. A failure of one VM is logged and returned; the caller goes on
+ * with the next VM.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
@@ -14,12 +16,13 @@ import { ExitCode, KvmBackupError, type ExitCodeValue } from "./errors.ts";
 import { acquireLock, type Lock } from "./lock.ts";
 import { checkLocalStaging } from "./localFs.ts";
 import type { Logger } from "./log.ts";
-import { Manifest, MANIFEST_FILE, MANIFEST_VERSION, type ManifestDisk } from "./manifest.ts";
+import { Manifest, MANIFEST_FILE, MANIFEST_VERSION } from "./manifest.ts";
 import { LibvirtSnapshotBackend } from "./snapshot/libvirtSnapshot.ts";
 import { LvmSnapshotBackend } from "./snapshot/lvmSnapshot.ts";
-import type { DiskToBackup, SnapshotBackend, VmContext } from "./snapshot/backend.ts";
+import type { SnapshotBackend, VmContext } from "./snapshot/backend.ts";
 import { backupDir, listBackups, listPartials, newBackupId, partialDir, vmDir } from "./staging.ts";
-import { sealStoredFile, storedFileName, streamDisk, type StreamResult } from "./stream.ts";
+import type { FormatContext, StreamedDisk } from "./formats/format.ts";
+import { formatFor } from "./formats/strategy.ts";
 import { VERSION } from "./version.ts";
 import { writeRunRecord } from "./runRecord.ts";
 
@@ -69,21 +72,6 @@ function writeFileSynced(path: string, text: string): void {
   }
 }
 
-/** What the backup will need on staging, at worst: the last backup's size plus 10 %, or else the allocated image bytes. */
-export function spaceEstimate(disks: DiskToBackup[], lastStored: number | null): number {
-  if (lastStored !== null) return Math.ceil(lastStored * 1.1);
-  let sum = 0;
-  for (const d of disks) {
-    try {
-      const st = statSync(d.source);
-      sum += st.isFile() ? Math.min(st.blocks * 512, d.virtualSize) : d.virtualSize;
-    } catch {
-      sum += d.virtualSize;
-    }
-  }
-  return sum;
-}
-
 /** Deletes the .partial directories of a VM: never backups, left by a crashed run. Caller holds the VM lock. */
 export function removePartials(staging: string, vm: string, log: Logger): string[] {
   const done: string[] = [];
@@ -117,6 +105,8 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
   const startedAt = (opts.now ?? (() => new Date()))();
   let lock: Lock | null = null;
   let partial: string | null = null;
+  let committedId: string | null = null;
+  let streaming = false;
   let dispose = () => {};
   try {
     mkdirSync(vmDir(staging, vm), { recursive: true });
@@ -136,6 +126,8 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     });
     const backend = backendFor(policy.method);
     const ctx: VmContext = { config, vm, vmConfig, policyName, policy, backupId, log };
+    const format = formatFor(policy);
+    const fctx: FormatContext = { config, vm, policyName, policy, backupId, log };
     log.info("backup.start", `backing up VM ${vm} with policy ${policyName} (${policy.method})`, { id: backupId });
 
     // 1. Repair first: a crashed run may have left the VM on an overlay / with a snapshot.
@@ -145,12 +137,15 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     // 2. Preflight: nothing is changed on the VM until all of it passed.
     await checkLocalStaging(staging, 0, "the backup");
     const disks = await backend.preflight(ctx);
-    const last = listBackups(staging, vm).at(-1);
-    const estimate = spaceEstimate(disks, last ? last.manifest.disks.reduce((s, d) => s + d.bytesStored, 0) : null);
+    await format.prepare(fctx);
+    // After prepare (which checks the repository and its password): what a killed run left outside <id>.partial.
+    await format.recover(fctx, new Set(listBackups(staging, vm).map((b) => b.id)));
+    const estimate = format.spaceEstimate(disks, listBackups(staging, vm).at(-1), policy);
     await checkLocalStaging(staging, estimate + parseSize(config.staging.minFree), `the backup of ${vm} (about ${estimate} bytes) plus staging.minFree (${config.staging.minFree})`);
     const domainXml = await backend.domainXml(ctx);
 
     partial = partialDir(staging, vm, backupId);
+    committedId = backupId;
     mkdirSync(partial);
     const linked = linkedAbort(opts.signal, parseDuration(policy.limits.timeout) * 1000, vm);
     const ctrl = linked.ctrl;
@@ -158,7 +153,8 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
 
     // 3. Snapshot; from here on the snapshot is removed whatever happens.
     const snap = await backend.snapshot(ctx, disks);
-    const streamed: Array<{ disk: (typeof snap.disks)[number]; file: string; result: StreamResult }> = [];
+    streaming = true;
+    const streamed: StreamedDisk[] = [];
     let peakFillPercent: number | null = null;
     let removedAt: Date | null = null;
     let streamError: unknown = null;
@@ -167,16 +163,16 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
       const guard = snap.guard?.((reason) => ctrl.abort(reason));
       try {
         for (const d of snap.disks) {
-          const file = storedFileName(d.name, policy.compression.type);
           const started = Date.now();
-          const r = await streamDisk({ disk: d, outFile: join(partial, file), compression: policy.compression, limits: policy.limits, signal: ctrl.signal, log: log.child({ disk: d.name }) });
+          const sd = await format.streamDisk(fctx, d, partial, ctrl.signal);
+          const r = sd.result;
           const secs = (Date.now() - started) / 1000;
           log.info("stream.disk.done", `disk ${d.name}: ${r.bytesRead} bytes read and compressed in ${secs.toFixed(1)} s (${(r.bytesRead / 1e6 / Math.max(secs, 0.001)).toFixed(0)} MB/s)`, {
             disk: d.name,
             bytesRead: r.bytesRead,
             seconds: secs,
           });
-          streamed.push({ disk: d, file, result: r });
+          streamed.push(sd);
         }
       } finally {
         if (guard) peakFillPercent = (await guard.stop()).peakFillPercent;
@@ -199,24 +195,11 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
       throw streamError;
     }
 
-    // Durable before the manifest, and the stored file's own checksum (what targets check): both after the
-    // snapshot is removed, so they do not lengthen the window.
-    const manifestDisks: ManifestDisk[] = [];
-    for (const { disk: d, file, result: r } of streamed) {
-      const sealed = await sealStoredFile(join(partial, file));
-      manifestDisks.push({
-        name: d.name,
-        source: d.source,
-        format: d.format,
-        virtualSize: d.virtualSize,
-        bytesRead: r.bytesRead,
-        bytesStored: sealed.bytes,
-        sha256: r.sha256,
-        storedSha256: sealed.sha256,
-        file,
-        compression: policy.compression.type === "none" ? { type: "none" } : { type: policy.compression.type, level: policy.compression.level },
-      });
-    }
+    // After the snapshot is removed, so none of it lengthens the window: image files made durable and their
+    // stored checksum (what targets check); for a repository, the ingest of staged images.
+    const finish = linkedAbort(opts.signal, parseDuration(policy.limits.timeout) * 1000, vm);
+    dispose = finish.dispose;
+    const manifestDisks = await format.finishDisks(fctx, streamed, partial, finish.ctrl.signal);
 
     // 4. Commit: manifest last, then one rename makes the directory a backup.
     if (domainXml !== null) writeFileSynced(join(partial, DOMAIN_XML_FILE), domainXml);
@@ -227,7 +210,7 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
       vm,
       policy: policyName,
       method: policy.method,
-      format: "image",
+      format: format.name,
       runnerVersion: VERSION,
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
@@ -242,7 +225,9 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
       domainXml,
       disks: manifestDisks,
     });
-    writeFileSynced(join(partial, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + "\n");
+    const manifestText = JSON.stringify(manifest, null, 2) + "\n";
+    writeFileSynced(join(partial, MANIFEST_FILE), manifestText);
+    await format.commit(fctx, manifest, manifestText);
     fsyncDir(partial);
     const final = backupDir(staging, vm, backupId);
     renameSync(partial, final);
@@ -257,6 +242,12 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     return { vm, policy: policyName, ok: true, id: backupId, exitCode: ExitCode.ok };
   } catch (e) {
     if (partial) rmSync(partial, { recursive: true, force: true });
+    if (streaming) {
+      // What the format put outside <id>.partial (repository snapshots); if this fails too, the next run's recovery does it.
+      await formatFor(policy)
+        .abandon({ config, vm, policyName, policy, backupId: committedId!, log })
+        .catch((x: Error) => log.warn("backup.abandon", `could not clean up after the failed backup: ${x.message}; the next run does it`));
+    }
     const exitCode = e instanceof KvmBackupError ? e.exitCode : ExitCode.backupFailed;
     const message = (e as Error).message ?? String(e);
     log.error("backup.failed", `backup of VM ${vm} failed: ${message}`, { exitCode });

@@ -104,6 +104,11 @@ export interface StreamOptions {
   log: Logger;
   /** Stop a stream that made no progress for this long (a hung disk or reader). Default 120 s. */
   stallMs?: number;
+  /**
+   * Hand the image to this command instead of the compressor (the repository format's direct ingest: restic
+   * backup --stdin); it reads the image as its stdin like the compressor, its stdout goes to outFile.
+   */
+  command?: { file: string; args: string[]; env?: Record<string, string | undefined> };
 }
 
 /** How far the checksum reader may run ahead of the compressor: well inside the page cache, a few reads deep. */
@@ -201,7 +206,7 @@ function stallError(disk: FrozenDisk, stallMs: number, where: string): StreamErr
 export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
   const { disk, outFile, signal, log } = opts;
   if (signal.aborted) throw signal.reason;
-  const compCmd = compressorCommand(opts.compression);
+  const compCmd = opts.command ?? compressorCommand(opts.compression);
   const limited = compCmd ? diesWithRunner(withLimits(opts.limits, compCmd)) : null;
   const progress = log.progress("stream.progress", disk.virtualSize);
   const children: Child[] = [];
@@ -237,7 +242,7 @@ export async function streamDisk(opts: StreamOptions): Promise<StreamResult> {
     const outFd = openSync(outFile, "wx");
     fds.push(outFd);
     // execa hands any descriptor number to child_process as it is; its types only list 0-9, hence the casts.
-    const comp = spawn(limited.file, limited.args, { stdin: (srcFd ?? feeder!.stdout!) as 0, stdout: outFd as 1, stderr: "pipe", buffer: false, reject: false });
+    const comp = spawn(limited.file, limited.args, { stdin: (srcFd ?? feeder!.stdout!) as 0, stdout: outFd as 1, stderr: "pipe", buffer: false, reject: false, env: opts.command?.env });
     children.push(comp);
     const compStderr = collectStderr(comp);
     // The children hold their own copies; ours would only keep a pipe open (and must never be read from).

@@ -12,6 +12,7 @@ import { lockBackup } from "../ship.ts";
 import { ID_RE, listBackups } from "../staging.ts";
 import { readStoredDisk } from "../verifyBackup.ts";
 import { type FetchedBackup, fetchFromTarget } from "../targets/fetchBackup.ts";
+import { repositoryBackupOnTarget, stagingReader } from "../repository/restoreSource.ts";
 import type { Command } from "./command.ts";
 import { selectVms } from "./vmSelection.ts";
 
@@ -89,8 +90,10 @@ export const restore: Command = {
     const lock = lockBackup(cfg.staging.path, vm!, values.id, "restore");
     let fetched: FetchedBackup | undefined;
     try {
-      fetched = values.from ? await fetchFromTarget(cfg, values.from, vm!, values.id, values.disk ? [values.disk] : undefined) : undefined;
-      const b = fetched ?? listBackups(cfg.staging.path, vm!).find((x) => x.id === values.id);
+      // A repository-format backup on the target is read straight out of its repository; else files are fetched.
+      const fromRepo = values.from ? await repositoryBackupOnTarget(cfg, values.from, vm!, values.id) : null;
+      fetched = values.from && !fromRepo ? await fetchFromTarget(cfg, values.from, vm!, values.id, values.disk ? [values.disk] : undefined) : undefined;
+      const b = fromRepo ?? fetched ?? listBackups(cfg.staging.path, vm!).find((x) => x.id === values.id);
       if (!b) throw new UsageError(`no complete backup ${vm}/${values.id} in staging ${cfg.staging.path} (\`kvm-backup list --vm ${vm}\`; --from TARGET restores from a target)`);
       const disks = values.disk ? b.manifest.disks.filter((d) => d.name === values.disk) : b.manifest.disks;
       if (!disks.length) throw new UsageError(`backup ${vm}/${values.id} has no disk ${values.disk} (it has ${b.manifest.disks.map((d) => d.name).join(", ")})`);
@@ -102,8 +105,10 @@ export const restore: Command = {
         if (b.manifest.method === "libvirt") throw new KvmBackupError(`cannot ask libvirt (${cfg.libvirtUri}) which disks running domains use, so restoring could overwrite a live disk: ${(e as Error).message}`);
       }
       if (!single) mkdirSync(values.to, { recursive: true });
+      const repoReader = fromRepo ? fromRepo.reader : b.manifest.format === "repository" ? stagingReader(cfg) : null;
       for (const d of disks) {
-        const line = await restoreOne(b.dir, d, single ? values.to : join(values.to, `${d.name}.raw`), values.force ?? false, inUse);
+        const read = repoReader && "repository" in d ? repoReader(d) : undefined;
+        const line = await restoreOne(b.dir, d, single ? values.to : join(values.to, `${d.name}.raw`), values.force ?? false, inUse, read);
         ctx.stdout(line + "\n");
       }
     } finally {

@@ -78,13 +78,14 @@ async function copyAndVerify(cfg: HostConfig, name: string, b: StoredBackup & { 
   }
   let there = backupOf(await dest.snapshots(`listing ${b.vm}/${b.id} on ${name}`, tags), b.vm, b.id);
   const copied = (id: string) => there?.all.some((t) => t.original === id || t.id === id) ?? false;
+  // Disks first, the manifest snapshot in a copy of its own after them (restic does not promise an order within
+  // one copy): on the target too, an id whose manifest snapshot is there has all its disks.
   const disks = source.all.filter((s) => s !== source.manifest && !copied(s.id));
+  const manifestMissing = !copied(source.manifest.id);
   let result: "shipped" | "already-there" = "already-there";
-  // Disks first, the manifest snapshot in a copy of its own after them: on the target too, an id whose manifest
-  // snapshot is there has all its disks.
   if (disks.length) await dest.copyFrom(staging, disks.map((s) => s.id), `copying ${b.vm}/${b.id} to ${name}`);
-  if (!copied(source.manifest.id)) await dest.copyFrom(staging, [source.manifest.id], `copying the manifest of ${b.vm}/${b.id} to ${name}`);
-  if (disks.length || !copied(source.manifest.id)) {
+  if (manifestMissing) await dest.copyFrom(staging, [source.manifest.id], `copying the manifest of ${b.vm}/${b.id} to ${name}`);
+  if (disks.length || manifestMissing) {
     result = "shipped";
     there = backupOf(await dest.snapshots(`listing ${b.vm}/${b.id} on ${name}`, tags), b.vm, b.id);
   }
