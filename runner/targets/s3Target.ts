@@ -348,10 +348,15 @@ export class S3Target implements Target {
   }
 
   async rename(vm: string, id: string, direction: "commit" | "reopen"): Promise<void> {
-    const incoming = this.key(vm, id, INCOMING_MANIFEST);
-    const final = this.key(vm, id, MANIFEST_FILE);
-    const [from, to] = direction === "commit" ? [incoming, final] : [final, incoming];
-    await this.conn.within(this.shortMs, direction === "commit" ? `completing ${vm}/${id} (writing its manifest.json)` : `reopening ${vm}/${id}`, (s) => this.move(from, to, s));
+    if (direction === "reopen") {
+      // A copy that failed its check: its damaged objects may still carry the right size and SHA-256 metadata,
+      // which would make the next upload skip them. So reopening removes the whole copy (manifest first) and the
+      // upload that follows sends every file again.
+      await this.remove(vm, id, "final");
+      return;
+    }
+    const [from, to] = [this.key(vm, id, INCOMING_MANIFEST), this.key(vm, id, MANIFEST_FILE)];
+    await this.conn.within(this.shortMs, `completing ${vm}/${id} (writing its manifest.json)`, (s) => this.move(from, to, s));
   }
 
   async readManifestText(vm: string, id: string): Promise<string> {

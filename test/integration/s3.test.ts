@@ -4,7 +4,8 @@
  * upload; a gateway that stops answering (SIGSTOP); wrong keys; prune by retention; and no secret in any
  * process's command line while all of that runs.
  */
-import type { S3Client } from "@aws-sdk/client-s3";
+import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
+import { randomBytes } from "node:crypto";
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
@@ -175,6 +176,26 @@ describe("s3 target on a Ceph RADOS Gateway", () => {
       [`kill/lab/${VM}/${id}/vda.raw`]: 80 << 20,
     });
   }, 120_000);
+
+  it("verify --target finds an object whose bytes changed behind the runner's back; the next ship uploads the backup again", async () => {
+    const staging = mkdirp(join(root, "staging-fix"));
+    const id = "20261128T030000Z";
+    makeStagedBackup({ staging, vm: VM, id, policy: "nightly", size: 2 << 20, compression: "none" });
+    const cfg = config("fix", { staging, prefix: "fix" });
+    expect((await runCli(cfg, ["ship"])).code).toBe(0);
+    // Same size, same SHA-256 metadata, other bytes: only reading the object back can tell.
+    const key = `fix/lab/${VM}/${id}/vda.raw`;
+    const meta = await metadata(s3, bucket, key);
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: randomBytes(2 << 20), Metadata: meta }));
+    const v = await runCli(cfg, ["verify", "--target", "ceph", "--all"]);
+    expect(v.code).toBe(1);
+    expect(v.stdout).toMatch(new RegExp(`^ceph ${VM}/${id} damaged: .*vda\\.raw: SHA-256 [0-9a-f]{64}, expected ${meta.sha256}`));
+    const ship = await runCli(cfg, ["ship"]);
+    expect(ship.code, ship.stderr).toBe(0);
+    expect(ship.stdout).toBe(`ceph ${VM}/${id} shipped\n`);
+    const again = await runCli(cfg, ["verify", "--target", "ceph", "--all"]);
+    expect(again.stdout).toBe(`ceph ${VM}/${id} ok\n`);
+  }, 90_000);
 
   it("a gateway that stops answering (SIGSTOP radosgw) fails the ship step within the target's timeout; the snapshot is long gone", async () => {
     const staging = mkdirp(join(root, "staging-stop"));

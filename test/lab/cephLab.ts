@@ -234,23 +234,40 @@ export async function startCephLab(opts: { deadlineMs?: number; log?: (msg: stri
     const osdUuid = randomUUID();
     const osdId = (await retryUntil("the mon did not allocate an OSD id", left(), () => tool("ceph", [...c, "--connect-timeout", "10", "osd", "new", osdUuid], 20_000))).trim();
     if (osdId !== "0") throw new Error(`ceph lab: expected OSD id 0, the mon gave ${JSON.stringify(osdId)}`);
-    await tool("ceph", [...c, "--connect-timeout", "10", "osd", "crush", "add", "osd.0", "1.0", "root=default"], 30_000);
+    // Retried (it is idempotent): on a loaded machine a client's first mon command can race its monmap and be
+    // refused ("problem getting command descriptions from mon", the mon logs fsid 0000...).
+    await retryUntil("the mon did not place the OSD in the CRUSH map", left(), () => tool("ceph", [...c, "--connect-timeout", "10", "osd", "crush", "add", "osd.0", "1.0", "root=default"], 30_000));
     // The gateway waits for its pools by itself; starting it now overlaps its start with the OSD's.
-    daemon("radosgw", [...c, "-n", "client.rgw.lab", "-f"], pidFiles.rgw, join(logDir, "rgw.stderr"));
+    const startRgw = () => daemon("radosgw", [...c, "-n", "client.rgw.lab", "-f"], pidFiles.rgw, join(logDir, "rgw.stderr"));
+    startRgw();
+    let rgwStarts = 1;
     mkdirSync(join(dir, "osd", "ceph-0"));
     await tool("ceph-osd", [...c, "-i", "0", "--mkfs", "--osd-uuid", osdUuid], Math.min(left(), 90_000));
     phase("OSD created");
     daemon("ceph-osd", [...c, "-i", "0", "-f"], pidFiles.osd, join(logDir, "osd.stderr"));
     const endpoint = `http://127.0.0.1:${rgwPort}`;
     await retryUntil(`radosgw did not answer on ${endpoint}`, left(), async () => {
+      // radosgw's own mon commands (pool creation) can meet the same race and end it: start it again, twice at most.
+      if (readPid(pidFiles.rgw) === undefined && rgwStarts < 3) {
+        opts.log?.(`ceph lab: radosgw exited during its start; starting it again`);
+        startRgw();
+        rgwStarts++;
+      }
       for (const [name, f] of Object.entries(pidFiles)) if (readPid(f) === undefined) throw new Fatal(`${name === "rgw" ? "radosgw" : `ceph-${name}`} exited (see its log)`);
       const s = await httpStatus(endpoint, 2000);
       if (s !== 200) throw new Error(`HTTP ${s}`);
     });
     phase("gateway answering");
-    const user = JSON.parse(await tool("radosgw-admin", [...c, "-n", "client.admin", "user", "create", "--uid=kvm-backup-lab", "--display-name=kvm-backup lab"], 60_000)) as {
-      keys: Array<{ access_key: string; secret_key: string }>;
-    };
+    const admin = [...c, "-n", "client.admin", "user"];
+    const uid = "--uid=kvm-backup-lab";
+    // Retried like the mon commands; a try that created the user before failing leaves it to `user info`.
+    const userJson = await retryUntil("radosgw-admin could not create the S3 user", left(), () =>
+      tool("radosgw-admin", [...admin, "create", uid, "--display-name=kvm-backup lab"], 60_000).catch((e: Error) => {
+        if (/exists/i.test(e.message)) return tool("radosgw-admin", [...admin, "info", uid], 60_000);
+        throw e;
+      }),
+    );
+    const user = JSON.parse(userJson) as { keys: Array<{ access_key: string; secret_key: string }> };
     const key = user.keys[0];
     if (!key) throw new Error("ceph lab: radosgw-admin user create returned no keys");
     const info: CephLabInfo = {
