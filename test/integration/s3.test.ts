@@ -7,7 +7,7 @@
 import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { randomBytes } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { signalRadosgw } from "../lab/cephLab.ts";
@@ -79,7 +79,10 @@ describe("s3 target on a Ceph RADOS Gateway", () => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  function config(name: string, o: { staging: string; prefix: string; timeout?: string; verify?: "full" | "ranged"; credentialsFile?: string; retention?: Record<string, number> }): string {
+  function config(
+    name: string,
+    o: { staging: string; prefix: string; timeout?: string; verify?: "full" | "ranged"; credentialsFile?: string; retention?: Record<string, number>; repositoryPasswordFile?: string },
+  ): string {
     return writeHostConfig(join(root, `${name}.json`), {
       host: "lab",
       libvirtUri: lab.uri,
@@ -96,8 +99,17 @@ describe("s3 target on a Ceph RADOS Gateway", () => {
           verify: o.verify ?? "full",
         },
       },
-      policies: { nightly: { method: "libvirt", schedule: "daily", retention: o.retention ?? { keepLast: 3 }, targets: ["ceph"] } },
+      policies: {
+        nightly: {
+          method: "libvirt",
+          schedule: "daily",
+          retention: o.retention ?? { keepLast: 3 },
+          targets: ["ceph"],
+          ...(o.repositoryPasswordFile ? { format: "repository" as const } : {}),
+        },
+      },
       vms: { [VM]: { policy: "nightly" } },
+      ...(o.repositoryPasswordFile ? { repositoryPasswordFile: o.repositoryPasswordFile } : {}),
     });
   }
 
@@ -143,6 +155,36 @@ describe("s3 target on a Ceph RADOS Gateway", () => {
     expect(r.stdout).toMatch(/vda -> .*SHA-256 verified/);
     expect(imagesEqual(join(out, "vda.raw"), "raw", pristine, "raw").equal).toBe(true);
     expect(readdirSync(join(staging, ".kvm-backup", "fetch"))).toEqual([]);
+  }, 180_000);
+
+  it("format repository: restic copies the backup into the bucket (same credentials file, keys only in restic's environment) and it restores from S3 alone, as it was at snapshot time", async () => {
+    const staging = mkdirp(join(root, "staging-repo"));
+    const password = join(root, "repository.password");
+    writeFileSync(password, `${randomBytes(24).toString("base64")}\n`, { mode: 0o600 });
+    const cfg = config("repo", { staging, prefix: "repo", repositoryPasswordFile: password });
+    const before = join(root, "vda.before-repo.raw");
+    execFileSync("qemu-img", ["convert", "-U", "-f", "qcow2", "-O", "raw", dom.disks[0]!.path, before]);
+    const bg = cliBackground(cfg, ["run"]);
+    await bg.until("libvirt.snapshot.created");
+    guestWrite(lab, VM, 0, 0xcd, "4M", "1M");
+    const code = await bg.exited;
+    expect(code, bg.stderr().slice(-4000)).toBe(0);
+    const events = logEvents(bg.stderr());
+    const done = events.find((e) => e.event === "ship.done");
+    expect(done?.msg, bg.stderr().slice(-3000)).toMatch(/shipped to ceph and verified/);
+    const [id] = backups(staging, VM);
+    // One restic repository per host in the bucket, next to (never inside) the image format's <host>/<vm>/ keys.
+    const repoKeys = Object.keys(await keys(s3, bucket, "repo/"));
+    expect(repoKeys).toContain("repo/lab/.repository/config");
+    expect(repoKeys.every((k) => k.startsWith("repo/lab/.repository/"))).toBe(true);
+
+    // Staging loses everything, the backup and its repository: the bucket alone restores it.
+    rmSync(join(staging, VM), { recursive: true });
+    rmSync(join(staging, ".repository"), { recursive: true });
+    const out = join(root, "restored-repo.raw");
+    const r = await runCli(cfg, ["restore", "--vm", VM, "--id", id!, "--disk", "vda", "--from", "ceph", "--to", out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(imagesEqual(out, "raw", before, "raw").equal).toBe(true);
   }, 180_000);
 
   it("kill -9 during a multipart upload: the next ship aborts the orphan, completes the backup, and no multipart upload is left", async () => {
