@@ -3,11 +3,12 @@ import { delimiter, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadHostConfig } from "../config/hostConfig.ts";
 import { parseSize } from "../config/sizes.ts";
-import { policyNames, type HostConfig } from "../config/schema.ts";
+import { policyFormat, policyNames, type HostConfig } from "../config/schema.ts";
 import { ExitCode } from "../errors.ts";
 import { run as exec } from "../exec.ts";
 import { domainState, MIN_LIBVIRT_VERSION, parseVirshVersion, versionAtLeast } from "../libvirt/virsh.ts";
 import { checkLocalStaging } from "../localFs.ts";
+import { repositoryChecks } from "../repository/doctorChecks.ts";
 import type { Command } from "./command.ts";
 
 export interface Check {
@@ -89,6 +90,7 @@ export async function doctorChecks(cfg: HostConfig, opts: { beforeDeploy?: boole
   }
   for (const c of new Set(policies.map((p) => p.compression.type))) if (c !== "none") tools.set(c, "as the compressor of a policy");
   for (const [t, why] of tools) checks.push(toolCheck(t, why));
+  if (policies.some((p) => policyFormat(p) === "repository")) checks.push(...(await repositoryChecks(cfg, opts)));
 
   if (needLibvirt && onPath("virsh")) {
     const r = await exec("virsh", ["-c", cfg.libvirtUri, "version"], { timeoutMs: 30_000, allowFailure: true });

@@ -30,6 +30,8 @@ export const list: Command = {
           id: b.id,
           policy: b.manifest.policy,
           method: b.manifest.method,
+          /** image: compressed files in the directory; repository: in the staging restic repository (storedBytes = new data). */
+          format: b.manifest.format,
           finishedAt: b.manifest.finishedAt,
           disks: b.manifest.disks.map((d) => d.name),
           virtualBytes: b.manifest.disks.reduce((s, d) => s + d.virtualSize, 0),
@@ -49,7 +51,7 @@ export const list: Command = {
     if (!rows.length) ctx.stdout(`no backups in ${cfg.staging.path}\n`);
     for (const r of rows) {
       ctx.stdout(
-        `${r.vm}/${r.id}  ${r.policy}  ${r.disks.join(",")}  ${formatBytes(r.storedBytes)} of ${formatBytes(r.virtualBytes)}  window ${r.snapshotWindowMs ?? "-"} ms${r.quiesced ? "  quiesced" : ""}${r.protected ? "  protected" : ""}${r.shippedTo.length ? `  shipped: ${r.shippedTo.join(",")}` : ""}\n`,
+        `${r.vm}/${r.id}  ${r.policy}  ${r.disks.join(",")}  ${formatBytes(r.storedBytes)}${r.format === "repository" ? " new in the repository" : ""} of ${formatBytes(r.virtualBytes)}  window ${r.snapshotWindowMs ?? "-"} ms${r.quiesced ? "  quiesced" : ""}${r.protected ? "  protected" : ""}${r.shippedTo.length ? `  shipped: ${r.shippedTo.join(",")}` : ""}\n`,
       );
     }
     return ExitCode.ok;
