@@ -440,8 +440,9 @@ describe("preflight failure", () => {
     const lab: HostSetup = { name: "lab", ssh: sshd, root: join(work, "pf-lab-root"), staging: join(work, "pf-lab-staging"), vms: [VM] };
     const other: HostSetup = { name: "bare", ssh: bare.info, root: join(work, "pf-bare-root"), staging: join(work, "pf-bare-staging"), vms: ["no-such-vm"] };
     createTestDomain(libvirt, VM, { dir: join(work, "pf-domain") });
+    const pfTarget = join(sshd.remoteRoot, `deploy-pf-${work.slice(-6)}`);
     try {
-      const preview = await capture(overrides([lab, other], join(sshd.remoteRoot, `deploy-pf-${work.slice(-6)}`)));
+      const preview = await capture(overrides([lab, other], pfTarget));
       const up = await replayUp(preview.resources, EMPTY_STATE);
       expectDependencyOrder(up, preview);
 
@@ -483,6 +484,7 @@ describe("preflight failure", () => {
       expect(filesUnder(lab.root)).toEqual([]);
     } finally {
       removeTestDomain(libvirt, VM);
+      rmSync(pfTarget, { recursive: true, force: true });
     }
   }, 180_000);
 });

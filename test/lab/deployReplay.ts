@@ -173,6 +173,10 @@ function runProcess(cmd: string, args: string[], stdin: string | undefined, time
     child.stdout.on("data", (d: Buffer) => (stdout += d));
     child.stderr.on("data", (d: Buffer) => (stderr += d));
     const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      resolve({ exitCode: null, stdout, stderr: `replay: ${cmd} could not be started (${e.message}); install the Debian package openssh-client` });
+    });
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       resolve({ exitCode: code, stdout, stderr: signal ? `${stderr}\n(replay: ${cmd} killed by ${signal} after ${timeoutMs} ms)` : stderr });

@@ -86,7 +86,11 @@ export function serviceSpec(text: string): ServiceSpec {
 
 /** The PATH systemd gives services, from systemd itself. */
 export function systemdDefaultPath(): string {
-  return execFileSync("systemd-path", ["search-binaries-default"], { encoding: "utf8" }).trim();
+  try {
+    return execFileSync("systemd-path", ["search-binaries-default"], { encoding: "utf8" }).trim();
+  } catch (e) {
+    throw new Error(`systemd-path search-binaries-default failed (${(e as Error).message}); install the Debian package systemd`);
+  }
 }
 
 function killGroup(pid: number, signal: NodeJS.Signals): void {
@@ -145,7 +149,13 @@ export async function runServiceLikeSystemd(unitFile: string, opts: { maxMs?: nu
     }
     setTimeout(() => killGroup(child.pid!, "SIGKILL"), Math.min(spec.timeoutStopSec * 1000, 30_000)).unref();
   }, limitMs);
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on("close", (c, s) => resolve([c, s])));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
+    child.on("close", (c, s) => resolve([c, s]));
+    child.on("error", (e) => {
+      stderr += `${cmd} could not be started (${e.message}); install the Debian package util-linux (ionice) or coreutils (nice)\n`;
+      resolve([null, null]);
+    });
+  });
   clearTimeout(timer);
   clearInterval(sample);
   // The cgroup ends with the service: whatever the main process left behind goes too.
