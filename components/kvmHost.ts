@@ -1,7 +1,7 @@
 import * as pulumi from "@pulumi/pulumi";
 import { remote } from "@pulumi/command";
 import { isAbsolute } from "node:path";
-import { hostConfigJson } from "../runner/config/hostConfig.ts";
+import { hostConfigJson, repositoryPasswordFile } from "../runner/config/hostConfig.ts";
 import { type HostConfig, isNormalizedAbsolutePath, isSafeName, policyNames } from "../runner/config/schema.ts";
 import { BackupPolicy } from "./backupPolicy.ts";
 import { COMMAND_ARGS, commandOptions } from "./commandDefaults.ts";
@@ -16,6 +16,8 @@ import {
   renderConfigRemove,
   renderPreflight,
   renderReleaseDirCreate,
+  renderRepositoryPasswordInstall,
+  renderRepositoryPasswordRemove,
   renderReleaseDirRemove,
   renderRunnerInstall,
   renderRunnerUninstall,
@@ -36,6 +38,8 @@ export interface KvmHostArgs {
   now?: Date;
   /** The deploy root on the host (`hosts.<host>.root`, default "/"; see hostLayout). */
   root?: string;
+  /** The restic repositories' password (a secret), when a policy of this host uses format: repository. */
+  repositoryPassword?: pulumi.Input<string>;
 }
 
 export interface PolicyOutputs extends ScheduleSummary {
@@ -68,6 +72,12 @@ export function validateKvmHostArgs(name: string, args: KvmHostArgs): void {
     if (target.type === "s3" && !target.credentialsFile.startsWith(`${etcDir}/`)) {
       throw new Error(`${where}: s3 target "${t}" names credentials file ${target.credentialsFile}, outside the deploy's ${etcDir} (render the host config with the host's root)`);
     }
+  }
+  if (args.config.repositoryPasswordFile !== undefined && args.repositoryPassword === undefined) {
+    throw new Error(`${where}: a policy uses format: repository, but no repositoryPassword (a secret) was given`);
+  }
+  if (args.config.repositoryPasswordFile !== undefined && args.config.repositoryPasswordFile !== repositoryPasswordFile(etcDir)) {
+    throw new Error(`${where}: the host config names the repository password file ${args.config.repositoryPasswordFile}, the deploy installs ${repositoryPasswordFile(etcDir)}`);
   }
   for (const t of Object.keys(args.targetKeys)) {
     const target = args.config.targets[t];
@@ -161,6 +171,23 @@ export class KvmHost extends pulumi.ComponentResource {
           { parent: this },
         ),
     );
+    // The repository password as a root-only file, from stdin (a secret input; its script prints one status line).
+    const password =
+      config.repositoryPasswordFile === undefined
+        ? []
+        : [
+            new remote.Command(
+              `${name}/repository-password`,
+              {
+                ...COMMAND_ARGS,
+                connection,
+                create: renderRepositoryPasswordInstall({ hostName, layout }),
+                delete: renderRepositoryPasswordRemove({ hostName, layout }),
+                stdin: pulumi.secret(pulumi.output(args.repositoryPassword!)),
+              },
+              commandOptions(this, [this.preflight]),
+            ),
+          ];
     this.configFile = new remote.Command(
       `${name}/config`,
       {
@@ -170,7 +197,7 @@ export class KvmHost extends pulumi.ComponentResource {
         delete: renderConfigRemove({ hostName, layout }),
         stdin: this.configJson,
       },
-      commandOptions(this, [this.runner, staging, ...targets]),
+      commandOptions(this, [this.runner, staging, ...targets, ...password]),
     );
     const now = args.now ?? new Date();
     this.policies = {};

@@ -30,6 +30,8 @@ export function readDecryptedConfig(config = new pulumi.Config(NAMESPACE)): Reco
   const raw: Record<string, unknown> = {};
   const key = config.get("sshPrivateKey");
   if (key !== undefined) raw.sshPrivateKey = key;
+  const password = config.get("repositoryPassword");
+  if (password !== undefined) raw.repositoryPassword = password;
   for (const k of OBJECT_KEYS) {
     const v = config.getObject<unknown>(k);
     if (v !== undefined) raw[k] = v;
@@ -65,6 +67,8 @@ export function buildHosts(stack: StackConfig, bundle: BundleArtifact, now = new
       bundle,
       now,
       root: host.root,
+      // Only a host whose policies use format: repository gets the password (as a secret, wrapped at once).
+      repositoryPassword: renderHostConfig(stack, hostName).repositoryPasswordFile !== undefined && stack.repositoryPassword !== undefined ? pulumi.secret(stack.repositoryPassword) : undefined,
     });
     outputs[hostName] = {
       address: host.address,

@@ -12,6 +12,7 @@
  *   installed and never touches the staging directory or any backup.
  * - stdout is stored in the Pulumi state: it carries one status line, never a secret.
  */
+import { repositoryPasswordFile } from "../../runner/config/hostConfig.ts";
 import { HOST_LAYOUT, type HostLayout, keyFile, releaseBundle, releaseDir } from "./layout.ts";
 import { shq } from "./shell.ts";
 import { type JobKind, unitNames } from "./units.ts";
@@ -196,36 +197,52 @@ export interface KeyScriptArgs {
   layout?: HostLayout;
 }
 
-/** Installs a target's private key from stdin (a secret input): 0600, root, never echoed. */
-export function renderKeyInstall({ hostName, target, layout = HOST_LAYOUT }: KeyScriptArgs): string {
-  const file = keyFile(layout, target);
+/** Installs a secret from stdin (a secret input) as a root-only file in the keys directory: 0600, never echoed. */
+function renderSecretFileInstall(hostName: string, layout: HostLayout, file: string, what: string, empty: string): string {
   const tmp = `${file}.new`;
   return [
     "set -eu",
-    prelude(hostName, `key of target ${target}`),
+    prelude(hostName, what),
     "umask 077",
     `mkdir -p ${shq(layout.keysDir)}`,
     `chmod 0700 ${shq(layout.etcDir)} ${shq(layout.keysDir)}`,
     `cat > ${shq(tmp)}`,
-    `[ -s ${shq(tmp)} ] || { rm -f ${shq(tmp)}; fail ${shq(`the private key of target ${target} is empty; set it with pulumi config set --secret --path 'targets.${target}.privateKey' < KEYFILE`)}; }`,
+    `[ -s ${shq(tmp)} ] || { rm -f ${shq(tmp)}; fail ${shq(empty)}; }`,
     `chmod 0600 ${shq(tmp)}`,
     `mv -f ${shq(tmp)} ${shq(file)}`,
-    `echo ${shq(`key of target ${target} installed`)}`,
+    `echo ${shq(`${what} installed`)}`,
     "",
   ].join("\n");
 }
 
-export function renderKeyRemove({ hostName, target, layout = HOST_LAYOUT }: KeyScriptArgs): string {
-  const file = keyFile(layout, target);
+function renderSecretFileRemove(hostName: string, layout: HostLayout, file: string, what: string, removal: string): string {
   return [
     "set -u",
-    prelude(hostName, `key removal of target ${target}`),
+    prelude(hostName, removal),
     `rm -f ${shq(file)} ${shq(`${file}.new`)}`,
     `rmdir ${shq(layout.keysDir)} 2>/dev/null || true`,
     `rmdir ${shq(layout.etcDir)} 2>/dev/null || true`,
-    `echo ${shq(`key of target ${target} removed`)}`,
+    `echo ${shq(`${what} removed`)}`,
     "",
   ].join("\n");
+}
+
+/** Installs a target's private key from stdin (a secret input): 0600, root, never echoed. */
+export function renderKeyInstall({ hostName, target, layout = HOST_LAYOUT }: KeyScriptArgs): string {
+  return renderSecretFileInstall(hostName, layout, keyFile(layout, target), `key of target ${target}`, `the private key of target ${target} is empty; set it with pulumi config set --secret --path 'targets.${target}.privateKey' < KEYFILE`);
+}
+
+export function renderKeyRemove({ hostName, target, layout = HOST_LAYOUT }: KeyScriptArgs): string {
+  return renderSecretFileRemove(hostName, layout, keyFile(layout, target), `key of target ${target}`, `key removal of target ${target}`);
+}
+
+/** Installs the restic repositories' password (format: repository) from stdin: 0600, root, never echoed. */
+export function renderRepositoryPasswordInstall({ hostName, layout = HOST_LAYOUT }: { hostName: string; layout?: HostLayout }): string {
+  return renderSecretFileInstall(hostName, layout, repositoryPasswordFile(layout.etcDir), "repository password", "the repository password is empty; set it with pulumi config set --secret repositoryPassword");
+}
+
+export function renderRepositoryPasswordRemove({ hostName, layout = HOST_LAYOUT }: { hostName: string; layout?: HostLayout }): string {
+  return renderSecretFileRemove(hostName, layout, repositoryPasswordFile(layout.etcDir), "repository password", "repository password removal");
 }
 
 export interface StagingScriptArgs {
