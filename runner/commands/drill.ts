@@ -20,8 +20,9 @@ export const drill: Command = {
   name: "drill",
   summary: "restore drill: boot the newest backup in a scratch domain without network, wait for the guest to answer, remove it",
   usage:
-    "kvm-backup drill [--vm NAME ... | --policy NAME] [--id ID] [--timeout DURATION] [--wait DURATION]\n" +
-    "  Restores the backup (default: the newest complete one in staging) into scratch space on the staging disk,\n" +
+    "kvm-backup drill [--vm NAME ... | --policy NAME] [--id ID] [--from staging|TARGET] [--timeout DURATION] [--wait DURATION]\n" +
+    "  Restores the backup (default: the newest complete one in staging; --from TARGET: the copy on that target,\n" +
+    "  its newest image backup unless --id) into scratch space on the staging disk,\n" +
     "  starts it as a transient domain kvm-backup-drill-<vm> (no network, new UUID, restored disks only), passes\n" +
     "  when the guest agent answers guest-ping (or a console line matches drill.consolePattern) within\n" +
     "  drill.bootTimeout (--timeout overrides), then destroys the domain and deletes the scratch files.\n" +
@@ -31,7 +32,7 @@ export const drill: Command = {
   async run(argv, ctx) {
     const { values } = parseArgs({
       args: argv,
-      options: { vm: { type: "string", multiple: true }, policy: { type: "string" }, id: { type: "string" }, timeout: { type: "string" }, wait: { type: "string" } },
+      options: { vm: { type: "string", multiple: true }, policy: { type: "string" }, id: { type: "string" }, from: { type: "string" }, timeout: { type: "string" }, wait: { type: "string" } },
     });
     const cfg = loadHostConfig(ctx.configFile);
     if (values.policy !== undefined && !(values.policy in cfg.policies)) {
@@ -47,6 +48,8 @@ export const drill: Command = {
       if (!vms.length) throw new UsageError(`no VM${values.policy ? ` of policy ${values.policy}` : ""} has a policy with a drill schedule (policies.<name>.drill); name the VM with --vm to drill it anyway`);
     }
     if (values.id !== undefined && vms.length !== 1) throw new UsageError("--id needs exactly one --vm");
+    const from = values.from === undefined || values.from === "staging" ? undefined : values.from;
+    if (from !== undefined && !(from in cfg.targets)) throw new UsageError(`--from: unknown target "${from}" (known: staging, ${Object.keys(cfg.targets).join(", ") || "no targets are configured"})`);
     const bootTimeoutMs = values.timeout !== undefined ? durationMs(values.timeout, "--timeout") : undefined;
     const lockWaitMs = values.wait !== undefined ? durationMs(values.wait, "--wait") : undefined;
 
@@ -62,9 +65,9 @@ export const drill: Command = {
     try {
       for (const vm of vms) {
         if (ctrl.signal.aborted) break;
-        const o = await drillVm(cfg, vm, { log, signal: ctrl.signal, id: values.id, bootTimeoutMs, lockWaitMs });
+        const o = await drillVm(cfg, vm, { log, signal: ctrl.signal, id: values.id, from, bootTimeoutMs, lockWaitMs });
         outcomes.push(o);
-        ctx.stdout(o.ok ? `${vm} drill passed: backup ${o.id}, ${o.answeredBy === "console" ? "console line" : "guest agent answered"} after ${o.answerSeconds} s\n` : `${vm} drill FAILED: ${o.error}\n`);
+        ctx.stdout(o.ok ? `${vm} drill passed: backup ${o.id}${from ? ` from ${from}` : ""}, ${o.answeredBy === "console" ? "console line" : "guest agent answered"} after ${o.answerSeconds} s\n` : `${vm} drill FAILED: ${o.error}\n`);
       }
     } finally {
       process.off("SIGTERM", onSignal);

@@ -1,7 +1,8 @@
 /**
  * One restore drill of one VM:
  *   VM lock (waits for a backup of the VM to finish) -> remove a previous drill's leftovers -> choose the backup
- *   (newest complete one, or --id) and lock it (prune keeps it) -> scratch directory -> restore every disk sparse,
+ *   (newest complete one in staging or on the --from target, or --id) and lock it (prune keeps it) -> open it
+ *   (drillSource.ts: staging, or fetched/read from the target) -> scratch directory -> restore every disk sparse,
  *   checksum-verified -> drill domain XML (no network, new name/UUID, restored disks) -> `virsh create --paused`
  *   -> check the live XML -> resume -> wait for the guest to answer -> ALWAYS destroy the domain and delete the
  *   scratch files -> record the outcome (backup state.json, per-VM record for status).
@@ -19,10 +20,11 @@ import { ExitCode, KvmBackupError, UsageError, type ExitCodeValue } from "../err
 import { virsh } from "../libvirt/virsh.ts";
 import { LockedError, type Lock } from "../lock.ts";
 import type { Logger } from "../log.ts";
-import type { ManifestDisk } from "../manifest.ts";
+import type { ManifestDisk, RepositoryDisk } from "../manifest.ts";
 import { DOMAIN_XML_FILE, lockVm } from "../pipeline.ts";
 import { lockBackup } from "../ship.ts";
-import { listBackups, vmDir, type StoredBackup } from "../staging.ts";
+import { vmDir } from "../staging.ts";
+import { drillBackupId, openDrillSource, type DrillSource } from "./drillSource.ts";
 import { watchBoot, type WatchResult } from "./bootWatch.ts";
 import { checkDrillDomain, drillDomainXml } from "./drillDomainXml.ts";
 import { writeDrillRecord } from "./drillRecord.ts";
@@ -62,8 +64,10 @@ export function drillSettings(cfg: HostConfig, vm: string): DrillSettings {
 export interface DrillOptions {
   log: Logger;
   signal?: AbortSignal;
-  /** The backup to drill; default the newest complete one in staging. */
+  /** The backup to drill; default the newest complete one in staging (or on the target `from`). */
   id?: string;
+  /** "staging" (default) or a target's name: drill the copy that target holds. */
+  from?: string;
   /** Overrides drill.bootTimeout (ms). */
   bootTimeoutMs?: number;
   /** How long to wait for a backup (or other work) of the VM holding its lock. */
@@ -100,22 +104,10 @@ async function waitForVmLock(staging: string, vm: string, waitMs: number, log: L
   }
 }
 
-function chooseBackup(staging: string, vm: string, id: string | undefined): StoredBackup {
-  const all = listBackups(staging, vm);
-  if (id !== undefined) {
-    const b = all.find((x) => x.id === id);
-    if (!b) throw new UsageError(`no complete backup ${vm}/${id} in staging ${staging} (it has: ${all.map((x) => x.id).join(", ") || "none"}; \`kvm-backup list --vm ${vm}\`)`);
-    return b;
-  }
-  const b = all.at(-1);
-  if (!b) throw new KvmBackupError(`VM ${vm} has no complete backup in staging ${staging} to drill; run \`kvm-backup run --vm ${vm}\` first, or look at why its backups fail (\`kvm-backup status\`)`);
-  return b;
-}
-
-function savedDomainXml(b: StoredBackup): string {
+function savedDomainXml(b: DrillSource): string {
   if (b.manifest.domainXml) return b.manifest.domainXml;
   const file = join(b.dir, DOMAIN_XML_FILE);
-  if (existsSync(file)) return readFileSync(file, "utf8");
+  if (b.dir && existsSync(file)) return readFileSync(file, "utf8");
   throw new KvmBackupError(
     `backup ${b.vm}/${b.id} has no saved domain XML (a backup of a VM libvirt does not know, method ${b.manifest.method}); a drill boots the VM as libvirt defined it, so drills need VMs that are libvirt domains`,
   );
@@ -132,7 +124,7 @@ export async function drillVm(cfg: HostConfig, vm: string, opts: DrillOptions): 
   const scratch = drillScratchDir(staging, vm);
   let vmLock: Lock | null = null;
   let backupLock: Lock | null = null;
-  let backup: StoredBackup | null = null;
+  let backup: DrillSource | null = null;
   let started = false;
   const t0 = Date.now();
   let watch: WatchResult | null = null;
@@ -141,13 +133,14 @@ export async function drillVm(cfg: HostConfig, vm: string, opts: DrillOptions): 
     mkdirSync(vmDir(staging, vm), { recursive: true });
     vmLock = await waitForVmLock(staging, vm, opts.lockWaitMs ?? 3_600_000, log, opts.signal);
     await removeDrillLeftovers(uri, staging, vm, log, true);
-    backup = chooseBackup(staging, vm, opts.id);
+    const id = await drillBackupId(cfg, vm, opts.from, opts.id);
+    // Locked before it is read: prune must not remove it (in staging or on the target) during the drill.
+    backupLock = lockBackup(staging, vm, id, "restore drill");
+    backup = await openDrillSource(cfg, vm, opts.from, id);
     const b = backup;
-    backupLock = lockBackup(staging, vm, b.id, "restore drill");
-    if (b.manifest.format !== "image") throw new KvmBackupError(`backup ${vm}/${b.id} has the format ${b.manifest.format}; drills restore image-format backups only`);
-    const disks = b.manifest.disks as ManifestDisk[];
+    const disks: Array<ManifestDisk | RepositoryDisk> = b.manifest.disks;
     const saved = savedDomainXml(b);
-    log.info("drill.start", `restore drill of VM ${vm}: backup ${b.id} (${disks.map((d) => d.name).join(", ")}) into the scratch domain ${domain}`, { id: b.id, policy: settings.policy });
+    log.info("drill.start", `restore drill of VM ${vm}: backup ${b.id} from ${b.from} (${disks.map((d) => d.name).join(", ")}) into the scratch domain ${domain}`, { id: b.id, from: b.from, policy: settings.policy });
 
     // The domain XML first: a drill that cannot tell whether the guest started fails before restoring anything.
     const diskPaths = Object.fromEntries(disks.map((d) => [d.name, join(scratch, `${d.name}.raw`)]));
@@ -175,7 +168,7 @@ export async function drillVm(cfg: HostConfig, vm: string, opts: DrillOptions): 
     const minFree = parseSize(cfg.staging.minFree);
     for (const d of disks) {
       const t = Date.now();
-      const r = await restoreSparse(b.dir, d, diskPaths[d.name]!, staging, minFree);
+      const r = await restoreSparse(b.reader(d), d, diskPaths[d.name]!, staging, minFree);
       log.info("drill.restore.disk", `disk ${d.name} restored (${d.virtualSize} bytes, ${r.allocatedBytes} allocated, SHA-256 verified) in ${((Date.now() - t) / 1000).toFixed(1)} s`, { disk: d.name });
       if (opts.signal?.aborted) throw opts.signal.reason;
     }
@@ -206,6 +199,7 @@ export async function drillVm(cfg: HostConfig, vm: string, opts: DrillOptions): 
   } finally {
     // Whatever happened: the scratch domain and files go (destroy first: the directory is the crash marker).
     try {
+      backup?.cleanup();
       if (vmLock) {
         if (started) await destroyDrillDomain(uri, vm);
         rmSync(scratch, { recursive: true, force: true });
@@ -252,16 +246,16 @@ export async function drillVm(cfg: HostConfig, vm: string, opts: DrillOptions): 
   } else {
     log.error("drill.failed", outcome.error!, { id: outcome.id, exitCode: outcome.exitCode });
   }
-  if (outcome.recorded) recordOutcome(staging, backup, outcome, log);
+  if (outcome.recorded) recordOutcome(staging, backup, backup?.from ?? opts.from ?? "staging", outcome, log);
   vmLock?.release();
   backupLock?.release();
   return outcome;
 }
 
-function recordOutcome(staging: string, backup: StoredBackup | null, o: DrillOutcome, log: Logger): void {
-  const state: DrillState = { at: new Date().toISOString(), ok: o.ok, answerSeconds: o.answerSeconds, answeredBy: o.answeredBy, from: "staging", ...(o.error ? { error: o.error } : {}) };
+function recordOutcome(staging: string, backup: DrillSource | null, from: string, o: DrillOutcome, log: Logger): void {
+  const state: DrillState = { at: new Date().toISOString(), ok: o.ok, answerSeconds: o.answerSeconds, answeredBy: o.answeredBy, from, ...(o.error ? { error: o.error } : {}) };
   try {
-    if (backup && existsSync(backup.dir)) updateState(backup.dir, (s) => void (s.drill = state));
+    if (backup?.staged && existsSync(backup.staged.dir)) updateState(backup.staged.dir, (s) => void (s.drill = state));
     writeDrillRecord(staging, { vm: o.vm, id: o.id, ...state });
   } catch (e) {
     log.warn("drill.record", `could not record the drill of ${o.vm} for \`kvm-backup status\`: ${(e as Error).message}`);

@@ -235,12 +235,3 @@ export function checkDrillDomain(liveXml: string, scratchDir: string): string[] 
   if (nvramPath && !inside(scratchDir, nvramPath)) problems.push(`its UEFI variables are ${nvramPath}, outside the scratch directory`);
   return problems;
 }
-
-/** Does the domain XML give the guest an agent channel? */
-export function hasAgentChannel(xml: string): boolean {
-  const devices = child(parse(xml, "the domain XML"), "devices");
-  return (devices ? children(devices, "channel") : []).some((ch) => {
-    const t = child(ch, "target");
-    return t?.getAttribute("type") === "virtio" && t.getAttribute("name") === AGENT_CHANNEL;
-  });
-}

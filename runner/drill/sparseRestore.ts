@@ -1,7 +1,7 @@
 /**
  * A drill restores each disk into a SPARSE raw file: blocks of zeros are skipped (holes), so a mostly empty
  * 500 GiB disk costs what its data costs, not 500 GiB. The bytes still pass the manifest's SHA-256 on the way
- * (readStoredDisk hashes what it decompresses), so the image the drill boots is the backup, bit for bit.
+ * (the reader hashes what it decompresses or dumps), so the image the drill boots is the backup, bit for bit.
  *
  * The staging disk is shared with the backups: every 256 MiB written the free space is checked, and the restore
  * stops before staging falls below `minFreeBytes` (staging.minFree), which the next backup counts on.
@@ -11,8 +11,8 @@ import { Writable } from "node:stream";
 import { formatBytes } from "../config/sizes.ts";
 import { KvmBackupError } from "../errors.ts";
 import { fsFacts } from "../localFs.ts";
-import type { ManifestDisk } from "../manifest.ts";
-import { readStoredDisk } from "../verifyBackup.ts";
+import type { DiskReader } from "../commands/restore.ts";
+import type { ManifestDisk, RepositoryDisk } from "../manifest.ts";
 
 const BLOCK = 64 * 1024;
 const ZERO = Buffer.alloc(BLOCK);
@@ -75,8 +75,8 @@ class SparseFileSink extends Writable {
   }
 }
 
-/** Restores disk `d` of the backup in `dir` into the sparse raw file `to`; throws when the image does not match. */
-export async function restoreSparse(dir: string, d: ManifestDisk, to: string, staging: string, minFreeBytes: number): Promise<{ allocatedBytes: number }> {
+/** Restores disk `d` (its bytes from `read`) into the sparse raw file `to`; throws when the image does not match. */
+export async function restoreSparse(read: DiskReader, d: ManifestDisk | RepositoryDisk, to: string, staging: string, minFreeBytes: number): Promise<{ allocatedBytes: number }> {
   const checkSpace = async () => {
     const f = await fsFacts(staging);
     if (f.freeBytes < minFreeBytes) {
@@ -87,7 +87,7 @@ export async function restoreSparse(dir: string, d: ManifestDisk, to: string, st
   };
   await checkSpace();
   const sink = new SparseFileSink(to, checkSpace);
-  const r = await readStoredDisk(dir, d, sink);
+  const r = await read(sink);
   if (r.sha256 !== d.sha256 || r.bytes !== d.virtualSize) {
     throw new KvmBackupError(
       `the restored image of disk ${d.name} does not match the manifest (SHA-256 ${r.sha256}, ${r.bytes} bytes; expected ${d.sha256}, ${d.virtualSize} bytes): the backup is damaged; \`kvm-backup verify\` names the file`,

@@ -6,6 +6,7 @@
 import type { TestProject } from "vitest/node";
 import { startSshdLab } from "./sshdLab.ts";
 import { startLibvirtLab } from "./libvirtLab.ts";
+import { ensureGuestImage } from "./guestImage.ts";
 import { startCephLab } from "./cephLab.ts";
 
 type Stop = () => Promise<void>;
@@ -24,6 +25,9 @@ export default async function setup(project: TestProject): Promise<Stop> {
   // Ceph's daemons boot by themselves while the other labs start; awaited (and stopped on any failure) below.
   const ceph = startCephLab();
   ceph.catch(() => {});
+  // The real guest's image: cached per machine; built (about 2 min) while the other labs start when missing.
+  const guest = ensureGuestImage();
+  guest.catch(() => {});
   try {
     // Fixtures register here, e.g.:
     //   const libvirt = await startLibvirtLab(); stops.push(libvirt.stop); project.provide("libvirt", libvirt.info);
@@ -38,6 +42,9 @@ export default async function setup(project: TestProject): Promise<Stop> {
     stops.push(cephLab.stop);
     project.provide("ceph", cephLab.info);
     console.log(`ceph lab: RADOS gateway on ${cephLab.info.endpoint}, ready ${(cephLab.info.startMs / 1000).toFixed(1)} s after its start`);
+    const guestImage = await guest;
+    project.provide("guest", guestImage);
+    console.log(`guest image: Debian 12, kernel ${guestImage.kernelVersion}, ${guestImage.builtSeconds ? `built in ${guestImage.builtSeconds} s` : "cached"} (${guestImage.dir})`);
   } catch (e) {
     await ceph.then((c) => c.stop(), () => {});
     await teardown();
