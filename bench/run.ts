@@ -4,7 +4,8 @@
  * Builds a raw test image (half random, half zeros) and a qcow2 copy, then measures in one run, side by side:
  *   cat > /dev/null, Node's SHA-256 alone, zstd -T0 -3 alone, `cat | zstd` (a pipe), the naive gzip -6 pipe, and
  *   `kvm-backup run` on a running domain (libvirt method, zstd -T0 -3) once for its raw disk and once for its
- *   qcow2 disk (the nbdcopy/qemu-nbd path), started in a private libvirt lab.
+ *   qcow2 disk (the nbdcopy/qemu-nbd path), started in a private libvirt lab; then `kvm-backup ship` of a backup of
+ *   the raw disk to the Ceph lab's S3 gateway, image and repository format (bench/s3Ship.ts, one run each).
  * Every row but gzip runs `rounds` times, interleaved, and the table shows the median (the machine is shared:
  * interleaving spreads other people's load over all rows alike). CPU is user+sys of the step and its children.
  * Checks the targets on the raw disk: window <= 1.15 x zstd-alone + 2 s; runner stream >= 0.85 x zstd-alone speed.
@@ -19,6 +20,7 @@ import { join, resolve } from "node:path";
 import { parseSize } from "../runner/config/sizes.ts";
 import { removeTestDomain, startLibvirtLab, domainXml, virshLab } from "../test/lab/libvirtLab.ts";
 import { BUNDLE, ensureBundle } from "../test/lab/bundle.ts";
+import { benchS3Ship } from "./s3Ship.ts";
 
 
 const args = process.argv.slice(2);
@@ -139,6 +141,7 @@ try {
   rmSync(join(dir, "alone.zst"));
   rmSync(join(dir, "naive.gz"));
   removeTestDomain(info, "bench");
+  const s3 = await benchS3Ship(size, { lab: info, image: img });
 
   const row = (name: string, secs: number, cpu: number | null, stored: number | null) =>
     `| ${name} | ${secs.toFixed(2)} | ${(size / 1e6 / secs).toFixed(0)} | ${cpu === null ? "-" : cpu.toFixed(2)} | ${stored ?? "-"} |`;
@@ -163,10 +166,12 @@ try {
     row("kvm-backup run (whole), raw disk", median(raw.map((x) => x.whole.seconds)), median(raw.map((x) => x.whole.cpu)), raw[0]!.stored),
     row("kvm-backup stream, qcow2 disk", median(q.map((x) => x.streamSeconds)), null, q[0]!.stored),
     row("kvm-backup run (whole), qcow2 disk", median(q.map((x) => x.whole.seconds)), median(q.map((x) => x.whole.cpu)), q[0]!.stored),
+    ...s3.rows.map((r) => row(r.name, r.seconds, r.cpu, r.stored)),
     "",
     `per round, raw disk: stream ${raw.map((x) => x.streamSeconds.toFixed(2)).join(" / ")} s, window ${raw.map((x) => x.windowSeconds.toFixed(2)).join(" / ")} s; zstd alone ${series["zstd -T0 -3 (alone)"]!.map((x) => x.seconds.toFixed(2)).join(" / ")} s`,
     `snapshot window, raw disk (creation to removal): ${rawWindow.toFixed(2)} s; target <= 1.15 x zstd alone + 2 s = ${(1.15 * zstd + 2).toFixed(2)} s: ${rawWindow <= 1.15 * zstd + 2 ? "met" : "NOT met"}`,
     `snapshot window, qcow2 disk: ${median(q.map((x) => x.windowSeconds)).toFixed(2)} s`,
+    ...s3.notes,
     `runner stream speed / zstd alone, raw disk: ${(zstd / rawStream).toFixed(2)}; target >= 0.85: ${zstd / rawStream >= 0.85 ? "met" : "NOT met"}`,
     `CPU floor: zstd alone needs ${zstdCpu.toFixed(2)} CPU s and the SHA-256 of the same bytes ${shaCpu.toFixed(2)} CPU s; on ${cpus().length} cores both together take at least ${floor.toFixed(2)} s, so the stream can reach at most ${(zstd / floor).toFixed(2)} x zstd alone here`,
   ];
