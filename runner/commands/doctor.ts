@@ -72,6 +72,11 @@ export async function doctorChecks(cfg: HostConfig, opts: { beforeDeploy?: boole
   const checks: Check[] = [];
   const major = Number(process.versions.node.split(".")[0]);
   checks.push(major >= 18 ? { name: "node", ok: true, detail: process.version } : { name: "node", ok: false, detail: `Node ${process.version} is too old`, fix: "install Node.js 18 or newer" });
+  // The bundled AWS SDK supports Node 20 and later, and the s3 target's request deadlines use AbortSignal.any (20.3).
+  const s3Targets = Object.entries(cfg.targets).filter(([, t]) => t.type === "s3").map(([n]) => n);
+  if (s3Targets.length && typeof AbortSignal.any !== "function") {
+    checks.push({ name: "node for s3 targets", ok: false, detail: `Node ${process.version} is too old for the s3 targets ${s3Targets.join(", ")}`, fix: "install Node.js 20.3 or newer" });
+  }
   const usedPolicies = new Set(Object.values(cfg.vms).flatMap(policyNames));
   const policies = [...usedPolicies].map((n) => cfg.policies[n]!);
   const libvirtVms = Object.entries(cfg.vms).filter(([, v]) => !(v.disks && !Array.isArray(v.disks))).map(([n]) => n);
