@@ -35,13 +35,44 @@ function span(value: string | number): string {
  * The runner's command line. Under another deploy root the runner's default config path would be the real
  * /etc/kvm-backup/config.json, so the unit names the installed one.
  */
-function execStart(policyName: string, layout: HostLayout): string {
+function execStart(policyName: string, layout: HostLayout, command: "run" | "drill" = "run"): string {
   const config = layout.root === "/" ? "" : ` --config ${layout.configFile}`;
-  return `${layout.binLink}${config} run --policy ${policyName}`;
+  return `${layout.binLink}${config} ${command} --policy ${policyName}`;
+}
+
+/** A job's resource limits and run timeout, as [Service] lines. */
+function limitLines(limits: Policy["limits"]): string[] {
+  return [
+    `Nice=${limits.nice}`,
+    `IOSchedulingClass=${limits.ioClass}`,
+    `IOSchedulingPriority=${limits.ioPriority}`,
+    ...(limits.cpuQuota ? [`CPUQuota=${limits.cpuQuota}`] : []),
+    // The run timeout: for Type=oneshot systemd ignores RuntimeMaxSec= ("has no effect in combination with
+    // Type=oneshot", systemd 252); the start job IS the run, so TimeoutStartSec= bounds it.
+    `TimeoutStartSec=${span(limits.timeout)}`,
+  ];
+}
+
+function timerUnit(description: string, schedule: { schedule: string; randomizedDelay: string | number }, service: string): string {
+  return [
+    HEADER.trimEnd(),
+    "[Unit]",
+    `Description=${description}`,
+    "",
+    "[Timer]",
+    `OnCalendar=${schedule.schedule}`,
+    `RandomizedDelaySec=${span(schedule.randomizedDelay)}`,
+    // A run missed while the host was off starts after boot instead of waiting for the next slot.
+    "Persistent=true",
+    `Unit=${service}`,
+    "",
+    "[Install]",
+    "WantedBy=timers.target",
+    "",
+  ].join("\n");
 }
 
 export function renderServiceUnit(policyName: string, policy: Policy, layout: HostLayout = HOST_LAYOUT): string {
-  const { limits } = policy;
   const lines = [
     HEADER.trimEnd(),
     "[Unit]",
@@ -53,13 +84,7 @@ export function renderServiceUnit(policyName: string, policy: Policy, layout: Ho
     "[Service]",
     "Type=oneshot",
     `ExecStart=${execStart(policyName, layout)}`,
-    `Nice=${limits.nice}`,
-    `IOSchedulingClass=${limits.ioClass}`,
-    `IOSchedulingPriority=${limits.ioPriority}`,
-    ...(limits.cpuQuota ? [`CPUQuota=${limits.cpuQuota}`] : []),
-    // The run timeout: for Type=oneshot systemd ignores RuntimeMaxSec= ("has no effect in combination with
-    // Type=oneshot", systemd 252); the start job IS the run, so TimeoutStartSec= bounds it.
-    `TimeoutStartSec=${span(limits.timeout)}`,
+    ...limitLines(policy.limits),
     // On timeout or stop only the runner gets SIGTERM, so it can commit the overlay / remove the snapshot
     // itself before the rest of the cgroup is killed; a kill -9 is repaired by the next run.
     "KillMode=mixed",
@@ -70,23 +95,7 @@ export function renderServiceUnit(policyName: string, policy: Policy, layout: Ho
 }
 
 export function renderTimerUnit(policyName: string, policy: Policy): string {
-  const lines = [
-    HEADER.trimEnd(),
-    "[Unit]",
-    `Description=kvm-backup: schedule of policy ${policyName}`,
-    "",
-    "[Timer]",
-    `OnCalendar=${policy.schedule}`,
-    `RandomizedDelaySec=${span(policy.randomizedDelay)}`,
-    // A run missed while the host was off starts after boot instead of waiting for the next slot.
-    "Persistent=true",
-    `Unit=${unitNames(policyName).service}`,
-    "",
-    "[Install]",
-    "WantedBy=timers.target",
-    "",
-  ];
-  return lines.join("\n");
+  return timerUnit(`kvm-backup: schedule of policy ${policyName}`, policy, unitNames(policyName).service);
 }
 
 /**
@@ -95,8 +104,6 @@ export function renderTimerUnit(policyName: string, policy: Policy): string {
  * never overlap on a VM; QEMU of the scratch domain runs under libvirtd, outside this unit's cgroup.
  */
 export function renderDrillServiceUnit(policyName: string, drill: DrillPolicy, layout: HostLayout = HOST_LAYOUT): string {
-  const { limits } = drill;
-  const config = layout.root === "/" ? "" : ` --config ${layout.configFile}`;
   return [
     HEADER.trimEnd(),
     "[Unit]",
@@ -105,12 +112,8 @@ export function renderDrillServiceUnit(policyName: string, drill: DrillPolicy, l
     "",
     "[Service]",
     "Type=oneshot",
-    `ExecStart=${layout.binLink}${config} drill --policy ${policyName}`,
-    `Nice=${limits.nice}`,
-    `IOSchedulingClass=${limits.ioClass}`,
-    `IOSchedulingPriority=${limits.ioPriority}`,
-    ...(limits.cpuQuota ? [`CPUQuota=${limits.cpuQuota}`] : []),
-    `TimeoutStartSec=${span(limits.timeout)}`,
+    `ExecStart=${execStart(policyName, layout, "drill")}`,
+    ...limitLines(drill.limits),
     // SIGTERM to the runner alone: it destroys the scratch domain and deletes its files; a kill -9 is cleaned
     // up by the next drill, run or recover of the VM.
     "KillMode=mixed",
@@ -120,19 +123,5 @@ export function renderDrillServiceUnit(policyName: string, drill: DrillPolicy, l
 }
 
 export function renderDrillTimerUnit(policyName: string, drill: DrillPolicy): string {
-  return [
-    HEADER.trimEnd(),
-    "[Unit]",
-    `Description=kvm-backup: restore drill schedule of policy ${policyName}`,
-    "",
-    "[Timer]",
-    `OnCalendar=${drill.schedule}`,
-    `RandomizedDelaySec=${span(drill.randomizedDelay)}`,
-    "Persistent=true",
-    `Unit=${unitNames(policyName, "drill").service}`,
-    "",
-    "[Install]",
-    "WantedBy=timers.target",
-    "",
-  ].join("\n");
+  return timerUnit(`kvm-backup: restore drill schedule of policy ${policyName}`, drill, unitNames(policyName, "drill").service);
 }
