@@ -150,10 +150,9 @@ try {
   const rawStream = median(raw.map((x) => x.streamSeconds));
   const rawWindow = median(raw.map((x) => x.windowSeconds));
   const cpu = cpus()[0]?.model ?? "unknown CPU";
-  // The stream does zstd's work plus the SHA-256; with every core busy it cannot be faster than their sum / cores.
+  // The stream does zstd's work plus the SHA-256: with every core busy it takes at least their CPU sum / cores.
   const zstdCpu = med("zstd -T0 -3 (alone)").c;
   const shaCpu = med("SHA-256 alone (Node, 4 MiB reads)").c;
-  const floor = Math.max(zstd, (zstdCpu + shaCpu) / cpus().length);
   const lines = [
     `kvm-backup benchmark, ${new Date().toISOString().slice(0, 10)}, ${cpus().length} cores (${cpu}), ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Node ${process.version}, load average at the end ${loadavg()[0]!.toFixed(1)}`,
     `image: ${(size / 2 ** 20).toFixed(0)} MiB, half random, half zeros, read from the page cache; domain under TCG (no /dev/kvm); median of ${rounds} interleaved rounds (gzip: one)`,
@@ -173,7 +172,8 @@ try {
     `snapshot window, qcow2 disk: ${median(q.map((x) => x.windowSeconds)).toFixed(2)} s`,
     ...s3.notes,
     `runner stream speed / zstd alone, raw disk: ${(zstd / rawStream).toFixed(2)}; target >= 0.85: ${zstd / rawStream >= 0.85 ? "met" : "NOT met"}`,
-    `CPU floor: zstd alone needs ${zstdCpu.toFixed(2)} CPU s and the SHA-256 of the same bytes ${shaCpu.toFixed(2)} CPU s; on ${cpus().length} cores both together take at least ${floor.toFixed(2)} s, so the stream can reach at most ${(zstd / floor).toFixed(2)} x zstd alone here`,
+    `CPU bound: zstd alone needs ${zstdCpu.toFixed(2)} CPU s, the SHA-256 of the same bytes ${shaCpu.toFixed(2)} CPU s; where zstd alone keeps all ${cpus().length} cores busy (an idle machine), ` +
+      `the stream, which does both, reaches at most ${(zstdCpu / (zstdCpu + shaCpu)).toFixed(2)} x its speed (a loaded machine gives the runner's extra thread a share of its own, so the ratio measured there is higher)`,
   ];
   process.stdout.write(lines.join("\n") + "\n");
 } finally {
