@@ -168,9 +168,8 @@ export async function drillVm(cfg: HostConfig, vm: string, opts: DrillOptions): 
     const minFree = parseSize(cfg.staging.minFree);
     for (const d of disks) {
       const t = Date.now();
-      const r = await restoreSparse(b.reader(d), d, diskPaths[d.name]!, staging, minFree);
+      const r = await restoreSparse(b.reader(d), d, diskPaths[d.name]!, staging, minFree, opts.signal);
       log.info("drill.restore.disk", `disk ${d.name} restored (${d.virtualSize} bytes, ${r.allocatedBytes} allocated, SHA-256 verified) in ${((Date.now() - t) / 1000).toFixed(1)} s`, { disk: d.name });
-      if (opts.signal?.aborted) throw opts.signal.reason;
     }
     let nvram: string | undefined;
     if (first.originalNvram) {

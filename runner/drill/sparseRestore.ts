@@ -76,7 +76,7 @@ class SparseFileSink extends Writable {
 }
 
 /** Restores disk `d` (its bytes from `read`) into the sparse raw file `to`; throws when the image does not match. */
-export async function restoreSparse(read: DiskReader, d: ManifestDisk | RepositoryDisk, to: string, staging: string, minFreeBytes: number): Promise<{ allocatedBytes: number }> {
+export async function restoreSparse(read: DiskReader, d: ManifestDisk | RepositoryDisk, to: string, staging: string, minFreeBytes: number, signal?: AbortSignal): Promise<{ allocatedBytes: number }> {
   const checkSpace = async () => {
     const f = await fsFacts(staging);
     if (f.freeBytes < minFreeBytes) {
@@ -87,7 +87,16 @@ export async function restoreSparse(read: DiskReader, d: ManifestDisk | Reposito
   };
   await checkSpace();
   const sink = new SparseFileSink(to, checkSpace);
-  const r = await read(sink);
+  // Stopping the sink fails the reader's pipeline, which kills its decompressor (or restic).
+  const onAbort = () => sink.destroy(signal!.reason instanceof Error ? signal!.reason : new KvmBackupError("the restore was stopped"));
+  signal?.addEventListener("abort", onAbort, { once: true });
+  let r;
+  try {
+    if (signal?.aborted) throw signal.reason;
+    r = await read(sink);
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+  }
   if (r.sha256 !== d.sha256 || r.bytes !== d.virtualSize) {
     throw new KvmBackupError(
       `the restored image of disk ${d.name} does not match the manifest (SHA-256 ${r.sha256}, ${r.bytes} bytes; expected ${d.sha256}, ${d.virtualSize} bytes): the backup is damaged; \`kvm-backup verify\` names the file`,

@@ -6,7 +6,7 @@
  *     same guest needs journal recovery (e2fsck -fn is silent about both, so it proves nothing);
  *   - a drill does not start while a backup of the VM holds its lock;
  *   - restore drills: kill -9 mid-drill leaves a scratch domain without any network interface, which the next
- *     drill removes; the quiesced backup, drilled from its copy on a path target, boots and its agent answers;
+ *     run removes; the quiesced backup, drilled from its copy on a path target, boots and its agent answers;
  *     a backup whose root superblock is zeroed
  *     (checksums fine) fails with the console's reason; no scratch domain or file is left; status and the
  *     Prometheus textfile report the last drill; the original domain keeps running throughout.
@@ -124,21 +124,6 @@ describe("real guest: quiesced backups and restore drills", () => {
     expect(Math.abs(root.count - data.count)).toBeLessThanOrEqual(1);
   });
 
-  it("an unquiesced backup (quiesce: off) of the same guest needs journal recovery", () => {
-    const r = cli(configs.off!, ["run", "--no-ship"]);
-    expect(r.status, r.stderr.slice(-3000)).toBe(0);
-    unquiesced = backups(staging, VM).find((id) => id !== quiesced)!;
-    const m = JSON.parse(readFileSync(join(staging, VM, unquiesced, "manifest.json"), "utf8"));
-    expect(m.snapshot.quiesced).toBe(false);
-    const raw = unpack(unquiesced);
-    expect(ext4Features(raw.vda!)).toContain("needs_recovery");
-    // ...which a read-only fsck does not notice: it passes on both, so it proves nothing about consistency.
-    for (const img of [raw.vda!, unpack(quiesced).vda!]) {
-      const fsck = spawnSync("e2fsck", ["-fn", img], { encoding: "utf8", timeout: 120_000 });
-      expect(fsck.status, `${img}: ${fsck.stdout}${fsck.stderr}`).toBe(0);
-    }
-  });
-
   it("kill -9 during a drill leaves its scratch domain: no network interface, new name and UUID, only scratch disks", async () => {
     const { child, done } = startCli(configs.auto!, ["drill", "--vm", VM], { timeoutMs: 240_000 });
     let err = "";
@@ -165,14 +150,32 @@ describe("real guest: quiesced backups and restore drills", () => {
     expect(domainState(lab, VM)).toBe("running");
   });
 
-  it("the next drill removes the leftovers, boots the quiesced backup's copy on the target and the guest agent answers", () => {
+  it("the next run removes the killed drill's domain and files; its unquiesced backup (quiesce: off) needs journal recovery", () => {
+    const r = cli(configs.off!, ["run", "--no-ship"]);
+    expect(r.status, r.stderr.slice(-3000)).toBe(0);
+    const leftover = r.lines.filter((l) => l.event === "drill.leftover").map((l) => l.msg).join("\n");
+    expect(leftover).toMatch(/destroyed the scratch domain kvm-backup-drill-dg1 of an interrupted restore drill/);
+    expect(leftover).toMatch(/deleted the scratch files of an interrupted restore drill/);
+    expect(virshLab(lab, ["list", "--all", "--name"])).not.toContain(DRILL_DOMAIN);
+    expect(existsSync(join(staging, ".kvm-backup", "drill-scratch", VM))).toBe(false);
+    unquiesced = backups(staging, VM).find((id) => id !== quiesced)!;
+    const m = JSON.parse(readFileSync(join(staging, VM, unquiesced, "manifest.json"), "utf8"));
+    expect(m.snapshot.quiesced).toBe(false);
+    const raw = unpack(unquiesced);
+    expect(ext4Features(raw.vda!)).toContain("needs_recovery");
+    // ...which a read-only fsck does not notice: it passes on both, so it proves nothing about consistency.
+    for (const img of [raw.vda!, unpack(quiesced).vda!]) {
+      const fsck = spawnSync("e2fsck", ["-fn", img], { encoding: "utf8", timeout: 120_000 });
+      expect(fsck.status, `${img}: ${fsck.stdout}${fsck.stderr}`).toBe(0);
+    }
+  });
+
+  it("a drill of the quiesced backup's copy on the target boots and the guest agent answers", () => {
     const ship = cli(configs.auto!, ["ship", "--vm", VM], 300_000);
     expect(ship.status, ship.stderr.slice(-3000)).toBe(0);
     const r = cli(configs.auto!, ["drill", "--vm", VM, "--id", quiesced, "--from", "offsite"], 300_000);
     expect(r.status, r.stderr.slice(-4000)).toBe(0);
-    const leftover = r.lines.filter((l) => l.event === "drill.leftover").map((l) => l.msg);
-    expect(leftover.join("\n")).toMatch(/destroyed the scratch domain kvm-backup-drill-dg1/);
-    expect(leftover.join("\n")).toMatch(/deleted the scratch files/);
+    expect(r.lines.filter((l) => l.event === "drill.leftover")).toEqual([]);
     const passed = r.lines.find((l) => l.event === "drill.passed");
     expect(passed?.answeredBy).toBe("guest-agent");
     console.log(`drill of the quiesced backup: guest agent answered after ${passed?.answerSeconds} s`);

@@ -3,13 +3,17 @@
  * with every kind of device a drill must not take along), the live-XML check, console reading, drill settings in
  * the schema, and the drill lines of status and the Prometheus textfile.
  */
-import { mkdtempSync, appendFileSync, readFileSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { finished } from "node:stream/promises";
+import type { Writable } from "node:stream";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { checkDrillDomain, drillDomainXml, DrillXmlError } from "../../runner/drill/drillDomainXml.ts";
 import { FATAL_CONSOLE_PATTERNS, plainLine, Tail } from "../../runner/drill/bootWatch.ts";
 import { drillSettings } from "../../runner/drill/drill.ts";
+import { restoreSparse, StagingSpaceError } from "../../runner/drill/sparseRestore.ts";
 import { HostConfig } from "../../runner/config/schema.ts";
 import { prometheusText, statusText, type VmStatus } from "../../runner/statusReport.ts";
 
@@ -121,6 +125,39 @@ describe("drill console", () => {
     expect(fatal("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)")).toBe(true);
     expect(fatal("ALERT!  /dev/vda does not exist.  Dropping to a shell!")).toBe(true);
     expect(fatal("[  OK  ] Reached target multi-user.target - Multi-User System.")).toBe(false);
+  });
+});
+
+describe("sparse restore", () => {
+  const dir = mkdtempSync(join(tmpdir(), "kvmb-sparse-unit-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  // 8 MiB: 1 MiB of data at 2 MiB, the rest zeros; the reader hands it over in odd-sized chunks.
+  const image = Buffer.alloc(8 << 20);
+  image.fill(0xab, 2 << 20, 3 << 20);
+  const sha = createHash("sha256").update(image).digest("hex");
+  const disk = { name: "vda", virtualSize: image.length, sha256: sha } as Parameters<typeof restoreSparse>[1];
+  const reader = (data: Buffer) => async (sink: Writable) => {
+    for (let off = 0; off < data.length; off += 3_000_017) sink.write(data.subarray(off, off + 3_000_017));
+    sink.end();
+    await finished(sink);
+    return { sha256: createHash("sha256").update(data).digest("hex"), bytes: data.length };
+  };
+
+  it("writes the data and leaves the zeros as holes, at the full length", async () => {
+    const to = join(dir, "vda.raw");
+    const r = await restoreSparse(reader(image), disk, to, dir, 0);
+    expect(readFileSync(to).equals(image)).toBe(true);
+    expect(statSync(to).size).toBe(image.length);
+    expect(r.allocatedBytes).toBeLessThanOrEqual((1 << 20) + 2 * 65536);
+    expect(statSync(to).blocks * 512).toBeLessThan(2 << 20);
+  });
+
+  it("fails on bytes that do not match the manifest, and when staging would fall below minFree", async () => {
+    const other = Buffer.from(image);
+    other[5] = 1;
+    await expect(restoreSparse(reader(other), disk, join(dir, "bad.raw"), dir, 0)).rejects.toThrow(/does not match the manifest/);
+    await expect(restoreSparse(reader(image), disk, join(dir, "full.raw"), dir, Number.MAX_SAFE_INTEGER)).rejects.toThrow(StagingSpaceError);
+    expect(existsSync(join(dir, "full.raw"))).toBe(false);
   });
 });
 
