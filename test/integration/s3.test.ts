@@ -22,7 +22,7 @@ const ceph = inject("ceph");
 const lab = inject("libvirt");
 const VM = "s3vm";
 
-/** Reads every process's command line every few ms while the tests run; any hit is a secret on a command line. */
+/** Reads every process's command line every 50 ms while the tests run; any hit is a secret on a command line. */
 function watchCmdlines(secrets: string[]): { stop: () => { scans: number; hits: string[] } } {
   const hits = new Set<string>();
   let scans = 0;
@@ -38,7 +38,7 @@ function watchCmdlines(secrets: string[]): { stop: () => { scans: number; hits: 
       }
       for (const s of secrets) if (cmd.includes(s)) hits.add(`${pid}: ${cmd.replace(/\0/g, " ")}`);
     }
-  }, 25);
+  }, 50); // a scan takes ~5 ms; every process of the runner (node, restic) lives far longer than 50 ms
   return {
     stop: () => {
       clearInterval(timer);
