@@ -16,13 +16,14 @@ import { closeSync, cpSync, existsSync, openSync, readFileSync, renameSync, rmSy
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { domainState, removeTestDomain, virshLab, virshLabTry } from "../lab/libvirtLab.ts";
+import { guestImageOrThrow } from "../lab/guestImage.ts";
 import { ext4Features, ext4ReadFile, guestClockOffset, startRealGuest, waitForAgent, type RealGuest } from "../lab/realGuest.ts";
 import { idAt, sha256, startCli, writeHostConfig } from "../lab/shipFixtures.ts";
 import { idTime } from "../../runner/staging.ts";
 import { backups, cli, cliBackground, ensureBundle, logLines, mkdirp } from "./libvirtRunner.ts";
 
 const lab = inject("libvirt");
-const image = inject("guest");
+const provided = inject("guest");
 const VM = "dg1";
 const DRILL_DOMAIN = `kvm-backup-drill-${VM}`;
 
@@ -80,7 +81,7 @@ describe("real guest: quiesced backups and restore drills", () => {
     staging = mkdirp(join(dir, "staging"));
     writeCfg("auto", "auto");
     writeCfg("off", "off");
-    guest = startRealGuest(lab, image, VM, join(dir, "guest"));
+    guest = startRealGuest(lab, guestImageOrThrow(provided), VM, join(dir, "guest"));
     const secs = await waitForAgent(lab, guest);
     console.log(`real guest ${VM}: guest-ping answered ${secs.toFixed(1)} s after the start (TCG)`);
     domId = virshLab(lab, ["domid", VM]).trim();

@@ -42,9 +42,11 @@ export default async function setup(project: TestProject): Promise<Stop> {
     stops.push(cephLab.stop);
     project.provide("ceph", cephLab.info);
     console.log(`ceph lab: RADOS gateway on ${cephLab.info.endpoint}, ready ${(cephLab.info.startMs / 1000).toFixed(1)} s after its start`);
-    const guestImage = await guest;
+    // A guest that cannot be built (no mirror?) fails the tests that boot it, with the build log, not all of them.
+    const guestImage = await guest.catch((e: Error) => ({ error: e.message }));
     project.provide("guest", guestImage);
-    console.log(`guest image: Debian 12, kernel ${guestImage.kernelVersion}, ${guestImage.builtSeconds ? `built in ${guestImage.builtSeconds} s` : "cached"} (${guestImage.dir})`);
+    if ("error" in guestImage) console.error(guestImage.error);
+    else console.log(`guest image: Debian 12, kernel ${guestImage.kernelVersion}, ${guestImage.builtSeconds ? `built in ${guestImage.builtSeconds} s` : "cached"} (${guestImage.dir})`);
   } catch (e) {
     await ceph.then((c) => c.stop(), () => {});
     await teardown();

@@ -96,8 +96,14 @@ export async function ensureGuestImage(deadlineMs = 15 * 60_000): Promise<GuestI
   return imageAt(dir, seconds);
 }
 
+/** The image, or why it could not be built (the tests that need it fail with this). */
+export function guestImageOrThrow(provided: GuestImage | { error: string }): GuestImage {
+  if ("error" in provided) throw new Error(provided.error);
+  return provided;
+}
+
 declare module "vitest" {
   export interface ProvidedContext {
-    guest: GuestImage;
+    guest: GuestImage | { error: string };
   }
 }
