@@ -86,7 +86,7 @@ describe("rejections (one per rule, message and path)", () => {
   it("unknown keys, e.g. a typo like retension", () => {
     const cfg = fileConfig("lab");
     cfg.policies["lab-nightly"].retension = cfg.policies["lab-nightly"].retention;
-    expectOnly(cfg, "policies.lab-nightly", 'unknown field "retension" (allowed: method, schedule, randomizedDelay, compression, retention, limits, targets, format, repository, snapshot)');
+    expectOnly(cfg, "policies.lab-nightly", 'unknown field "retension" (allowed: method, schedule, randomizedDelay, compression, retention, limits, targets, format, repository, snapshot, drill)');
   });
 
   it("unknown top-level keys of the namespace", () => {
@@ -235,7 +235,7 @@ describe("rejections (one per rule, message and path)", () => {
       [
         'stacks/Pulumi.prod.yaml: hosts.kvm01.vms.web01.policy: unknown policy "nightyl" (known: nightly, weekly, hourly-db)',
         "stacks/Pulumi.prod.yaml: policies.nightly.retention: keeps nothing: set at least one of keepLast, keepHourly, keepDaily, keepWeekly, keepMonthly, keepYearly above 0",
-        'stacks/Pulumi.prod.yaml: policies.weekly: unknown field "retension" (allowed: method, schedule, randomizedDelay, compression, retention, limits, targets, format, repository, snapshot)',
+        'stacks/Pulumi.prod.yaml: policies.weekly: unknown field "retension" (allowed: method, schedule, randomizedDelay, compression, retention, limits, targets, format, repository, snapshot, drill)',
       ].sort(),
     );
   });
