@@ -13,13 +13,13 @@
  * other work on a shared machine), so the rows compare CPU and pipe cost, not the disk.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { randomFillSync } from "node:crypto";
-import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { parseSize } from "../runner/config/sizes.ts";
 import { removeTestDomain, startLibvirtLab, domainXml, virshLab } from "../test/lab/libvirtLab.ts";
 import { BUNDLE, ensureBundle } from "../test/lab/bundle.ts";
+import { makeImage } from "./benchImage.ts";
 import { benchS3Ship } from "./s3Ship.ts";
 
 
@@ -29,19 +29,6 @@ const size = opt("--size") ? parseSize(opt("--size")!) : 2 * 2 ** 30;
 const rounds = Number(opt("--rounds") ?? 3);
 const keep = args.includes("--keep");
 const TICK = 100; // USER_HZ: /proc/self/stat counts children's CPU in 1/100 s on Linux
-
-function makeImage(path: string, bytes: number): void {
-  const fd = openSync(path, "w");
-  const chunk = Buffer.alloc(16 << 20);
-  const half = Math.floor(bytes / 2);
-  for (let off = 0; off < bytes; off += chunk.length) {
-    const n = Math.min(chunk.length, bytes - off);
-    if (off < half) randomFillSync(chunk, 0, n);
-    else chunk.fill(0, 0, n);
-    writeSync(fd, chunk, 0, n, off);
-  }
-  closeSync(fd);
-}
 
 /** CPU seconds (user+sys) of every child this process has waited for so far. */
 function childrenCpu(): number {

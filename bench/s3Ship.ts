@@ -9,10 +9,11 @@
  *   node --import tsx bench/s3Ship.ts [--size 2GiB]      (alone) -- bench/run.ts adds these rows to its table
  */
 import { spawnSync } from "node:child_process";
-import { randomBytes, randomFillSync } from "node:crypto";
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseSize } from "../runner/config/sizes.ts";
+import { makeImage } from "./benchImage.ts";
 import { startCephLab } from "../test/lab/cephLab.ts";
 import { BUNDLE, ensureBundle } from "../test/lab/bundle.ts";
 import { domainXml, type LibvirtLabInfo, removeTestDomain, startLibvirtLab, virshLab } from "../test/lab/libvirtLab.ts";
@@ -42,18 +43,6 @@ function cli(config: string, args: string[]): { seconds: number; cpu: number } {
   return { seconds, cpu: childrenCpu() - c };
 }
 
-function rawImage(path: string, bytes: number): void {
-  const fd = openSync(path, "w");
-  const chunk = Buffer.alloc(16 << 20);
-  for (let off = 0; off < bytes; off += chunk.length) {
-    const n = Math.min(chunk.length, bytes - off);
-    if (off < bytes / 2) randomFillSync(chunk, 0, n);
-    else chunk.fill(0, 0, n);
-    writeSync(fd, chunk, 0, n, off);
-  }
-  closeSync(fd);
-}
-
 /** `lab`/`image`: bench/run.ts's libvirt lab and raw image (not used by a running domain); else its own. */
 export async function benchS3Ship(size: number, given?: { lab: LibvirtLabInfo; image: string }, log: (m: string) => void = (m) => process.stderr.write(`${m}\n`)): Promise<{ rows: BenchRow[]; notes: string[] }> {
   ensureBundle();
@@ -64,7 +53,7 @@ export async function benchS3Ship(size: number, given?: { lab: LibvirtLabInfo; i
   mkdirSync(dir, { recursive: true });
   try {
     const image = given?.image ?? join(dir, "disk.raw");
-    if (!given) rawImage(image, size);
+    if (!given) makeImage(image, size);
     log(`bench s3: ceph lab ready in ${(ceph.info.startMs / 1000).toFixed(1)} s`);
     const xml = join(dir, "bench-s3.xml");
     writeFileSync(xml, domainXml("bench-s3", [{ target: "vda", path: image, format: "raw" }]));
