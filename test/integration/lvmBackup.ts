@@ -11,6 +11,20 @@ import { GUEST_STAGING } from "./lvmLab.ts";
 export interface BackupRun {
   /** Starts the backup in the background; sets $pid to the runner's own pid (for kill -9). */
   background: string;
+  /**
+   * Like `background`, but the run's first compressor waits at a gate until `releaseStream`: the stream starts
+   * (the runner's checksum reader reads ahead, up to its lead over the compressor), yet it cannot end, and the
+   * snapshot lives, until the test lets the compressor go, however fast or slow the guest is. The guard keeps
+   * watching meanwhile. The gate is a `zstd` on the run's PATH that waits on a FIFO, then execs the real zstd in
+   * the same process, so the runner's own kill and parent-death signal reach it as they would reach zstd.
+   */
+  heldBackground: string;
+  /** After `background`: waits until the run logged that its snapshots exist. */
+  waitForSnapshot: string;
+  /** After `(held)Background`: waits until the run streams (its snapshots exist, filesystem snapshots are mounted). */
+  waitForStream: string;
+  /** After `heldBackground`: opens the gate (race-free: the FIFO's writer waits for the compressor to arrive). */
+  releaseStream: string;
   /** Waits for the background run and records its exit code. */
   wait: string;
   /** Runs the backup in the foreground and records its exit code. */
@@ -19,15 +33,47 @@ export interface BackupRun {
 
 let runner: string | null = null;
 
+/**
+ * Shell function `await_event LOG EVENT`: blocks until LOG has a line of EVENT; fails when the run ($pid) ended
+ * first or after 180 s. It follows the log with one `tail -f` instead of a loop of commands: in UML every exec
+ * costs ~0.1-0.5 s of the guest's one CPU, which a polling loop would take from the runner it waits for.
+ */
+const AWAIT_EVENT = `await_event() {
+  rm -f /tmp/follow.fifo && mkfifo /tmp/follow.fifo
+  tail -s 0.2 -n +1 --pid=$pid -f "$1" > /tmp/follow.fifo & tailpid=$!
+  found=0; timeout 180 grep -m1 -q '"event":"'"$2"'"' < /tmp/follow.fifo || found=$?
+  kill $tailpid 2>/dev/null || true; wait $tailpid 2>/dev/null || true
+  [ $found = 0 ] || { echo "no $2 in $1 (the run ended, or 180 s passed)"; exit 1; }
+}
+`;
+
+const GATE = "/tmp/stream-gate";
+/** The gate: the first compressing zstd of the run reads a line from the FIFO before it becomes zstd. */
+const GATE_SETUP = `rm -rf ${GATE} && mkdir -p ${GATE} && mkfifo ${GATE}/open
+cat > ${GATE}/zstd <<'GATE'
+#!/bin/sh
+case " $* " in *" -d "*) ;; *) if mkdir ${GATE}/passed 2>/dev/null; then read go < ${GATE}/open || true; fi ;; esac
+PATH=\${PATH#${GATE}:} exec zstd "$@"
+GATE
+chmod +x ${GATE}/zstd
+`;
+
 export async function backupRun(vm: string, name = "run", config = "config.json"): Promise<BackupRun> {
   const env = "KVM_BACKUP_LOG=json KVM_BACKUP_DEBUG=1";
   const cmd = `${env} node ${(runner ??= ensureBundle())} --config $LAB/${config} run --no-ship --vm ${vm}`;
   // The host reads what the run left in the guest's staging (see GUEST_STAGING).
   const copy = `rm -rf $LAB/staging && mkdir -p $LAB/staging && cp -a ${GUEST_STAGING}/. $LAB/staging/\n`;
+  const log = `$LAB/${name}.log`;
   return {
-    background: `${cmd} > $LAB/${name}.log 2>&1 &\npid=$!\n`,
+    background: `${AWAIT_EVENT}${cmd} > ${log} 2>&1 &\npid=$!\n`,
+    heldBackground: `${AWAIT_EVENT}${GATE_SETUP}PATH=${GATE}:$PATH ${cmd} > ${log} 2>&1 &\npid=$!\n`,
+    waitForSnapshot: `await_event ${log} lvm.snapshot.created\ndate +%s%3N > $LAB/snapshot-seen\n`,
+    // The first progress line comes with the first bytes the checksum reader hashed; it does not wait for a held
+    // compressor (it stays at most its lead ahead of it).
+    waitForStream: `await_event ${log} stream.progress\n`,
+    releaseStream: `echo go > ${GATE}/open &\n`,
     wait: `rc=0; wait $pid || rc=$?; echo $rc > $LAB/${name}.rc\n${copy}`,
-    foreground: `rc=0; ${cmd} > $LAB/${name}.log 2>&1 || rc=$?; echo $rc > $LAB/${name}.rc\n${copy}`,
+    foreground: `rc=0; ${cmd} > ${log} 2>&1 || rc=$?; echo $rc > $LAB/${name}.rc\n${copy}`,
   };
 }
 
