@@ -18,7 +18,7 @@ export function attachLoop(file: string, content: Buffer): LoopDevice {
   const r = spawnSync("losetup", ["--find", "--show", file], { encoding: "utf8", timeout: 30_000 });
   if (r.status !== 0) {
     throw new Error(
-      `losetup --find --show ${file} failed (exit ${r.status}): ${(r.stderr ?? "").trim()}; the tests need loop devices (root, /dev/loop-control, the loop module: modprobe loop; package util-linux for losetup)`,
+      `losetup --find --show ${file} failed (exit ${r.status}): ${(r.stderr ?? "").trim()}; the tests need loop devices (root, /dev/loop-control, the loop module: modprobe loop; losetup is in the Debian package mount)`,
     );
   }
   const dev = r.stdout.trim();
