@@ -6,9 +6,9 @@
  */
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, it } from "vitest";
 import { cleanRun, describeRun, runUml, umlTestTimeout } from "../lab/umlLab.ts";
-import { configScript, listRunnerSnapshots, MiB, pseudoRandom, readLines, VG_SCRIPT, WAIT_FOR_SNAPSHOT, writerLog } from "./lvmLab.ts";
+import { configScript, listRunnerSnapshots, MiB, pseudoRandom, readLines, VG_SCRIPT, writerLog } from "./lvmLab.ts";
 import { backupResult, backupRun } from "./lvmBackup.ts";
 
 const WRITER = new URL("../lab/pacedWriter.mjs", import.meta.url).pathname;
@@ -18,26 +18,33 @@ function partials(dir: string, vm: string): string[] {
   return existsSync(d) ? readdirSync(d).filter((n) => n.endsWith(".partial")) : [];
 }
 
-describe("lvm overflow guard (UML)", () => {
-  it("aborts at maxFillPercent before the snapshot fills, removes it and the partial output", async () => {
+// Each test boots its own guest; they run side by side (a guest is one CPU, the host has more).
+describe.concurrent("lvm overflow guard (UML)", () => {
+  it("aborts at maxFillPercent before the snapshot fills, removes it and the partial output", async ({ expect }) => {
     // In UML every exec costs 0.5 s and more on a loaded machine (lvs 1-3 s, lvremove 1-5 s), so the margin
-    // above the limit must cover ~10 s of writes: 16 MiB snapshot, limit 40 %, writer 0.5 MiB/s leaves 9.6 MiB = 19 s.
+    // above the limit must cover ~10 s of writes. The lowest limit leaves the widest margin: 16 MiB snapshot,
+    // limit 10 % (reached after ~2 s), writer 0.75 MiB/s leaves 14.4 MiB = 19 s until the snapshot would be full.
     // On a real host these commands take ~0.1-0.3 s and the default 80 % leaves room for far faster writers.
+    // The stream runs as on a host, not held: a 3 GiB origin (sparse, ~0.5 min to stream in UML) takes far longer
+    // than the writer needs to reach the limit, and the abort ends it.
     const SNAP_MIB = 16;
-    const LIMIT = 40;
+    const LIMIT = 10;
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-guard",
       timeoutMs: 330_000,
+      diskBytes: 4 * 1024 * MiB,
       files: { "b.bin": pseudoRandom(20 * MiB, 7) },
       script: `${VG_SCRIPT}
-lvcreate -q -y -L 768M -n web01 vg0
+lvcreate -q -y -L 3G -n web01 vg0
 ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: `${SNAP_MIB}MiB`, maxFillPercent: LIMIT, pollInterval: "200ms" } })}
-${run.background}${WAIT_FOR_SNAPSHOT}
-# 20 MiB at 0.5 MiB/s into a 16 MiB snapshot: without the guard it overflows after about 32 s.
-node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 20 0.5 $LAB/writer.log &
+${run.background}${run.waitForSnapshot}
+# 20 MiB at 0.75 MiB/s into a 16 MiB snapshot: without the guard it overflows after about 21 s.
+node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 20 0.75 $LAB/writer.log &
 wpid=$!
-${run.wait}wait $wpid
+# Once the run has ended its snapshot is gone: the rest of the writes cannot touch it.
+${run.wait}kill $wpid 2>/dev/null || true
+wait $wpid || true
 dmesg | grep -i -E 'invalidat|snapshot.*full' > $LAB/dmesg-overflow.txt || true
 ${listRunnerSnapshots("$LAB/left.txt")}
 `,
@@ -45,7 +52,7 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     expect(r.exitCode, describeRun(r)).toBe(0);
     const res = backupResult(r.dir, "web01");
     expect(res.exitCode, `${describeRun(r)}\n${res.log}`).toBe(1);
-    expect(res.error).toMatch(/snapshot vg0\/kvmbk\+web01\+\S+ reached \d+\.\d+ % of 16\.0 MiB \(limit snapshot\.maxFillPercent 40 %\)/);
+    expect(res.error).toMatch(/snapshot vg0\/kvmbk\+web01\+\S+ reached \d+\.\d+ % of 16\.0 MiB \(limit snapshot\.maxFillPercent 10 %\)/);
     const abort = res.abort!;
     expect(abort, res.log).not.toBeNull();
     const fill = abort.fillPercent;
@@ -66,18 +73,20 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     cleanRun(r);
   }, umlTestTimeout(330_000));
 
-  it("a snapshot that overflowed anyway (guard blinded) fails the backup: zstd read error 37, never a short backup", async () => {
+  it("a snapshot that overflowed anyway (guard blinded) fails the backup: zstd read error 37, never a short backup", async ({ expect }) => {
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-invalid",
       timeoutMs: 330_000,
-      files: { "b.bin": pseudoRandom(40 * MiB, 8) },
+      files: { "b.bin": pseudoRandom(24 * MiB, 8) },
       script: `${VG_SCRIPT}
-lvcreate -q -y -L 768M -n web01 vg0
+lvcreate -q -y -L 64M -n web01 vg0
 ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "16MiB", maxFillPercent: 80, pollInterval: "5min" } })}
-${run.background}${WAIT_FOR_SNAPSHOT}
+${run.heldBackground}${run.waitForStream}
+# 24 MiB into the 16 MiB snapshot while the stream is held: it overflows before the stream can end.
 dd if=$LAB/b.bin of=/dev/vg0/web01 bs=1M oflag=direct status=none
-${run.wait}dmesg | grep -i 'invalidating snapshot' > $LAB/dmesg-overflow.txt || true
+n=0; until dmesg | grep -qi 'invalidating snapshot'; do n=$((n+1)); [ $n -lt 300 ] || break; sleep 0.1; done
+${run.releaseStream}${run.wait}dmesg | grep -i 'invalidating snapshot' > $LAB/dmesg-overflow.txt || true
 ${listRunnerSnapshots("$LAB/left.txt")}
 `,
     });
@@ -96,23 +105,24 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     cleanRun(r);
   }, umlTestTimeout(330_000));
 
-  it("extends the snapshot with lvextend at the limit while the VG has room, and the backup succeeds", async () => {
+  it("extends the snapshot with lvextend at the limit while the VG has room, and the backup succeeds", async ({ expect }) => {
+    // 20 MiB written while the snapshot lives (the stream is held until the writer is done): more than the first
+    // 16 MiB can hold. A low limit leaves a wide margin for each extension (lvs + lvextend take seconds in UML on a
+    // loaded machine): the first one has 12 MiB = 16 s at 0.75 MiB/s, the later ones more; the ceiling (128 MiB)
+    // stays above what 20 MiB of writes can ask for at 25 % (up to 112 MiB), and the origin is big enough for
+    // LVM to grow the snapshot that far (it stops at the origin's size plus its metadata, with lvextend exit 0).
+    const LIMIT = 25;
     const run = await backupRun("web01");
     const r = await runUml({
       name: "lvm-extend",
       timeoutMs: 330_000,
-      files: { "b.bin": pseudoRandom(24 * MiB, 9) },
+      files: { "b.bin": pseudoRandom(20 * MiB, 9) },
       script: `${VG_SCRIPT}
-lvcreate -q -y -L 768M -n web01 vg0
-${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "16MiB", maxFillPercent: 50, extendBy: "16MiB", extendMax: "64MiB", pollInterval: "200ms" } })}
-${run.background}
-${WAIT_FOR_SNAPSHOT}
-# 24 MiB at 0.5 MiB/s: more than the first 16 MiB can hold; each extension has a 16 s margin in UML.
-node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 24 0.5 $LAB/writer.log &
-wpid=$!
-${run.wait}
-wait $wpid
-dmesg | grep -i 'invalidating snapshot' > $LAB/dmesg-overflow.txt || true
+lvcreate -q -y -L 128M -n web01 vg0
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "16MiB", maxFillPercent: LIMIT, extendBy: "16MiB", extendMax: "128MiB", pollInterval: "200ms" } })}
+${run.heldBackground}${run.waitForStream}
+node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 20 0.75 $LAB/writer.log
+${run.releaseStream}${run.wait}dmesg | grep -i 'invalidating snapshot' > $LAB/dmesg-overflow.txt || true
 ${listRunnerSnapshots("$LAB/left.txt")}
 `,
     });
@@ -122,11 +132,14 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     const extends_ = res.log.split("\n").filter((l) => l.includes('"event":"lvm.snapshot.extend"'));
     expect(extends_.length, res.log).toBeGreaterThanOrEqual(1);
     expect(extends_[0]).toMatch(/extending it by 16\.0 MiB/);
-    expect(res.peakFillPercent).toBeGreaterThanOrEqual(50);
+    expect(res.peakFillPercent).toBeGreaterThanOrEqual(LIMIT);
     expect(res.peakFillPercent).toBeLessThan(100);
     expect(readLines(r.dir, "dmesg-overflow.txt")).toEqual([]);
     expect(readLines(r.dir, "left.txt")).toEqual([]);
-    console.log(`lvm extend: ${extends_.length} extension(s), peak ${res.peakFillPercent} %, total ${r.totalMs} ms`);
+    const w = writerLog(r.dir);
+    const crossing = w.find(([, mib]) => mib >= (LIMIT / 100) * 16)?.[0];
+    const extended = Date.parse(JSON.parse(extends_[0]!).ts);
+    console.log(`lvm extend: ${extends_.length} extension(s), the first ${crossing ? extended - crossing : "?"} ms after the writer crossed ${LIMIT} %, peak ${res.peakFillPercent} %; boot ${r.bootMs} ms, total ${r.totalMs} ms`);
     cleanRun(r);
   }, umlTestTimeout(330_000));
 });
