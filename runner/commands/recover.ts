@@ -1,9 +1,11 @@
 import { parseArgs } from "node:util";
 import { loadHostConfig } from "../config/hostConfig.ts";
-import { policyNames } from "../config/schema.ts";
+import { policyFormat, policyNames } from "../config/schema.ts";
 import { ExitCode } from "../errors.ts";
 import { backendFor, lockVm, removePartials } from "../pipeline.ts";
 import { removeDrillLeftovers } from "../drill/scratch.ts";
+import { repositoryFormat } from "../formats/repositoryFormat.ts";
+import { listBackups } from "../staging.ts";
 import type { Command } from "./command.ts";
 import { selectVms } from "./vmSelection.ts";
 
@@ -25,6 +27,10 @@ export const recover: Command = {
         lock = lockVm(cfg.staging.path, vm, "recover");
         const done = await backendFor(policy.method).recover({ config: cfg, vm, vmConfig: cfg.vms[vm]!, policyName, policy, backupId: "recover", log: vlog });
         done.push(...removePartials(cfg.staging.path, vm, vlog));
+        // Snapshots of unfinished backups in the staging repository (format: repository).
+        if (policyNames(cfg.vms[vm]!).some((p) => policyFormat(cfg.policies[p]!) === "repository")) {
+          done.push(...(await repositoryFormat.recover({ config: cfg, vm, policyName, policy, backupId: "recover", log: vlog }, new Set(listBackups(cfg.staging.path, vm).map((b) => b.id)))));
+        }
         done.push(...(await removeDrillLeftovers(cfg.libvirtUri, cfg.staging.path, vm, vlog)));
         ctx.stdout(done.length ? done.map((d) => `${vm}: ${d}\n`).join("") : `${vm}: nothing to repair\n`);
       } catch (e) {
