@@ -4,14 +4,15 @@
  * volume group without room for the snapshot, and a disk that is not on LVM, fail the preflight (exit 3) before
  * anything is created.
  */
-import { describe, expect, it } from "vitest";
+import { describe, it } from "vitest";
 import { cleanRun, describeRun, runUml, umlTestTimeout } from "../lab/umlLab.ts";
-import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT, WAIT_FOR_SNAPSHOT } from "./lvmLab.ts";
+import { configScript, decompress, listRunnerSnapshots, MiB, pseudoRandom, readLines, sha256, VG_SCRIPT } from "./lvmLab.ts";
 import { backupResult, backupRun } from "./lvmBackup.ts";
 
-describe("lvm recovery and preflight (UML)", () => {
-  it("kill -9 mid-stream: the next run unmounts and removes the orphan snapshots first, leaves foreign ones, and backs up", async () => {
-    const a = pseudoRandom(32 * MiB, 11);
+// Each test boots its own guest; they run side by side.
+describe.concurrent("lvm recovery and preflight (UML)", () => {
+  it("kill -9 mid-stream: the next run unmounts and removes the orphan snapshots first, leaves foreign ones, and backs up", async ({ expect }) => {
+    const a = pseudoRandom(16 * MiB, 11);
     const first = await backupRun("web01", "first");
     const second = await backupRun("web01", "second");
     const r = await runUml({
@@ -19,7 +20,7 @@ describe("lvm recovery and preflight (UML)", () => {
       timeoutMs: 330_000,
       files: { "a.bin": a },
       script: `${VG_SCRIPT}
-lvcreate -q -y -L 384M -n web01 vg0
+lvcreate -q -y -L 64M -n web01 vg0
 lvcreate -q -y -L 64M -n images vg0
 mkfs.ext4 -q /dev/vg0/images
 mkdir -p /tmp/images && mount /dev/vg0/images /tmp/images
@@ -27,11 +28,10 @@ cp $LAB/a.bin /tmp/images/data.raw && sync
 # Snapshots this run must never touch: someone else's, and one of another VM whose name starts the same.
 lvcreate -q -y -s -L 8M -n kvmbk-manual vg0/web01
 lvcreate -q -y -s -L 8M -n 'kvmbk+web01.old+20261128T010000Z+web01' vg0/web01
-${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01", vdb: "/tmp/images/data.raw" }, snapshot: { size: "48MiB", pollInterval: "200ms" } })}
-${first.background}${WAIT_FOR_SNAPSHOT}
-n=0; until grep -q '/.kvm-backup/mnt/' /proc/self/mountinfo; do n=$((n+1)); [ $n -lt 200 ] || break; sleep 0.2; done
-sleep 1
-kill -9 $pid
+${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01", vdb: "/tmp/images/data.raw" }, snapshot: { size: "48MiB", pollInterval: "1s" } })}
+# Killed mid-stream: its snapshots exist and are mounted, and the stream (held) cannot end first. The gate is
+# never opened: the held compressor must die with the runner, or it would keep the snapshot open.
+${first.heldBackground}${first.waitForStream}kill -9 $pid
 wait $pid || true
 ${listRunnerSnapshots("$LAB/orphans.txt")}
 grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/orphan-mounts.txt || true
@@ -54,7 +54,7 @@ grep '/.kvm-backup/mnt/' /proc/self/mountinfo > $LAB/mounts-after.txt || true
     cleanRun(r);
   }, umlTestTimeout(330_000));
 
-  it("too little free space in the VG, or a disk not on LVM, fails the preflight (exit 3) and creates nothing", async () => {
+  it("too little free space in the VG, or a disk not on LVM, fails the preflight (exit 3) and creates nothing", async ({ expect }) => {
     const full = await backupRun("web01", "full");
     const notLvm = await backupRun("web01", "notlvm", "config-notlvm.json");
     const r = await runUml({

@@ -42,11 +42,6 @@ export function listRunnerSnapshots(file: string): string {
   return `lvs --noheadings -o lv_name vg0 | tr -d ' ' | grep '^kvmbk+' > ${file} || true\n`;
 }
 
-/** Shell: wait (max ~60 s) until a runner snapshot exists. */
-export const WAIT_FOR_SNAPSHOT = `n=0; until lvs --noheadings -o lv_name vg0 | grep -q kvmbk+; do n=$((n+1)); [ $n -lt 120 ] || { echo "no snapshot appeared"; exit 1; }; sleep 0.5; done
-date +%s%3N > $LAB/snapshot-seen
-`;
-
 export function decompress(file: string): Buffer {
   return execFileSync("zstd", ["-d", "-c", "-q", file], { maxBuffer: 1024 * MiB });
 }
