@@ -76,6 +76,7 @@ export function tagMap(s: ResticSnapshot): Map<string, string> {
 
 export function parseSnapshots(stdout: string): ResticSnapshot[] {
   const raw = JSON.parse(stdout.trim() || "[]") as unknown;
+  if (raw === null) return [];
   if (!Array.isArray(raw)) throw new Error("restic snapshots --json did not print a list");
   return raw.map((s: Record<string, unknown>) => ({
     id: String(s.id),
