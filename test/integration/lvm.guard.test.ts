@@ -25,8 +25,8 @@ describe.concurrent("lvm overflow guard (UML)", () => {
     // above the limit must cover ~10 s of writes. The lowest limit leaves the widest margin: 16 MiB snapshot,
     // limit 10 % (reached after ~2 s), writer 0.75 MiB/s leaves 14.4 MiB = 19 s until the snapshot would be full.
     // On a real host these commands take ~0.1-0.3 s and the default 80 % leaves room for far faster writers.
-    // The stream runs as on a host, not held: a 3 GiB origin (sparse, ~0.5 min to stream in UML) takes far longer
-    // than the writer needs to reach the limit, and the abort ends it.
+    // The stream runs as on a host, not held: a 3 GiB origin (sparse; 2 min and more to stream in UML) takes far
+    // longer than the writer needs to reach the limit, and the abort ends it.
     const SNAP_MIB = 16;
     const LIMIT = 10;
     const run = await backupRun("web01");
