@@ -20,16 +20,21 @@ export interface GuardedSnapshot {
 
 export type FillDecision = { kind: "ok" } | { kind: "extend"; addBytes: number } | { kind: "abort"; reason: string; invalid: boolean };
 
-/** What to do about one snapshot at one reading. Pure, so every branch is unit-tested. */
+/**
+ * What to do about one snapshot at one reading. Pure, so every branch is unit-tested. `atMaximum`: LVM would not
+ * grow the snapshot any further (see FillGuard): it holds every chunk of its origin and cannot overflow.
+ */
 export function decideFill(
   lv: Pick<LogicalVolume, "name" | "vg" | "sizeBytes" | "fillPercent" | "attr">,
   maxFillPercent: number,
   plan: ExtendPlan,
   vgFreeBytes: number,
   extentBytes: number,
+  atMaximum = false,
 ): FillDecision {
   const where = `${lv.vg}/${lv.name}`;
   if (isInvalidSnapshot(lv)) return { kind: "abort", invalid: true, reason: `snapshot ${where} is invalid (lv_attr ${lv.attr}): it overflowed` };
+  if (atMaximum) return { kind: "ok" };
   const fill = lv.fillPercent ?? 0;
   if (fill < maxFillPercent) return { kind: "ok" };
   const room = plan.ceilingBytes - lv.sizeBytes;
@@ -73,6 +78,14 @@ export class FillGuard implements SnapshotGuard {
   private stopped = false;
   private aborted: SnapshotOverflowError | null = null;
   private failures = 0;
+  /** Each snapshot's size before this guard's last lvextend of it, until the next reading shows what LVM did. */
+  private readonly sizeBeforeExtend = new Map<string, number>();
+  /**
+   * Snapshots LVM did not grow: lvextend stops at the origin's size plus metadata ("Reached maximum COW size") and
+   * exits 0 even when nothing changed. At that size a snapshot holds every chunk of its origin and cannot
+   * overflow, so it needs neither another lvextend at each reading nor an abort.
+   */
+  private readonly atMaximum = new Set<string>();
 
   constructor(
     private readonly opts: FillGuardOptions,
@@ -109,9 +122,20 @@ export class FillGuard implements SnapshotGuard {
       if (!lv) return new SnapshotOverflowError(`snapshot ${s.vg}/${s.name} disappeared while the backup read it`, { fillPercent: this.peak ?? 0, snapshot: s.name, kind: "gone" });
       if (lv.fillPercent !== null) this.peak = Math.max(this.peak ?? 0, lv.fillPercent);
       log.debug("lvm.guard.reading", `snapshot ${s.vg}/${s.name} is ${lv.fillPercent ?? "?"} % full`, { snapshot: s.name, fillPercent: lv.fillPercent, attr: lv.attr });
-      const needFree = lv.fillPercent !== null && lv.fillPercent >= maxFillPercent && s.plan.stepBytes !== null;
+      const before = this.sizeBeforeExtend.get(s.name);
+      this.sizeBeforeExtend.delete(s.name);
+      if (before !== undefined && lv.sizeBytes <= before && !this.atMaximum.has(s.name)) {
+        this.atMaximum.add(s.name);
+        log.info(
+          "lvm.snapshot.max-size",
+          `snapshot ${s.vg}/${s.name} did not grow beyond ${formatBytes(lv.sizeBytes)}: LVM's maximum for its origin (the origin's size plus metadata), which holds every chunk of the origin, so it cannot overflow; no further extension`,
+          { snapshot: s.name, bytes: lv.sizeBytes },
+        );
+      }
+      const atMaximum = this.atMaximum.has(s.name);
+      const needFree = !atMaximum && lv.fillPercent !== null && lv.fillPercent >= maxFillPercent && s.plan.stepBytes !== null;
       const free = !needFree ? 0 : lv.vgFreeBytes ?? (vgs ??= await deps.listVgs()).find((g) => g.name === s.vg)?.freeBytes ?? 0;
-      const decision = decideFill(lv, maxFillPercent, s.plan, free, s.extentBytes);
+      const decision = decideFill(lv, maxFillPercent, s.plan, free, s.extentBytes, atMaximum);
       if (decision.kind === "extend") {
         log.warn("lvm.snapshot.extend", `snapshot ${s.vg}/${s.name} is ${lv.fillPercent?.toFixed(2)} % full; extending it by ${formatBytes(decision.addBytes)}`, {
           snapshot: s.name,
@@ -119,6 +143,8 @@ export class FillGuard implements SnapshotGuard {
           addBytes: decision.addBytes,
         });
         await deps.extend(s.vg, s.name, decision.addBytes);
+        // Only a successful lvextend: a failed one says nothing about LVM's maximum.
+        this.sizeBeforeExtend.set(s.name, lv.sizeBytes);
         vgs = null;
       } else if (decision.kind === "abort") {
         return new SnapshotOverflowError(decision.reason, { fillPercent: lv.fillPercent ?? 100, snapshot: s.name, kind: decision.invalid ? "invalid" : "limit" });

@@ -34,14 +34,20 @@ describe("fill decision", () => {
     expect(decideFill(snap(85), 80, extend, 3 * MiB, 4 * MiB)).toMatchObject({ kind: "abort", reason: expect.stringMatching(/volume group vg0 has no free extents/) });
   });
 
+  it("neither extends nor aborts a snapshot at LVM's maximum size, but still aborts an invalid one", () => {
+    expect(decideFill(snap(85, 96 * MiB), 80, extend, 1024 * MiB, 4 * MiB, true)).toEqual({ kind: "ok" });
+    expect(decideFill(snap(85), 80, noExtend, 1024 * MiB, 4 * MiB, true)).toEqual({ kind: "ok" });
+    expect(decideFill(snap(100, 96 * MiB, "swi-I-s---"), 80, extend, 1024 * MiB, 4 * MiB, true)).toMatchObject({ kind: "abort", invalid: true });
+  });
+
   it("aborts on an invalid snapshot whatever its level (recorded overflow)", () => {
     const lv = parseLvs(fx("lvs-overflowed.json")).find((l) => l.name.startsWith("kvmbk+web01"))!;
     expect(decideFill(lv, 80, extend, 1024 * MiB, 4 * MiB)).toMatchObject({ kind: "abort", invalid: true, reason: expect.stringMatching(/invalid \(lv_attr swi-I-s---\)/) });
   });
 });
 
-/** A scripted LVM: each reading returns the next fill level. */
-function scripted(levels: (number | "fail" | "invalid")[]) {
+/** A scripted LVM: each reading returns the next fill level; lvextend stops at `maxSize` (and exits 0), like LVM. */
+function scripted(levels: (number | "fail" | "invalid")[], maxSize = Infinity) {
   let i = 0;
   let size = 48 * MiB;
   const extended: number[] = [];
@@ -61,7 +67,7 @@ function scripted(levels: (number | "fail" | "invalid")[]) {
       },
       async extend(_vg: string, _name: string, add: number) {
         extended.push(add);
-        size += add;
+        size = Math.min(size + add, maxSize);
       },
     },
   };
@@ -102,6 +108,20 @@ describe("fill guard loop", () => {
     await until(() => lvm.readings >= 4);
     expect(lvm.extended).toEqual([16 * MiB]);
     expect(await g.stop()).toEqual({ peakFillPercent: 82 });
+    expect(reason).toBeNull();
+  });
+
+  it("stops extending a snapshot that LVM no longer grows (its maximum: the origin's size plus metadata) and does not abort it", async () => {
+    const lvm = scripted([85, 85, 85, 85, 85, 85], 64 * MiB);
+    const lines: string[] = [];
+    const log = new Logger({}, { isTTY: false, write: (t) => void lines.push(t) });
+    let reason: Error | null = null;
+    const g = new FillGuard({ snapshots: guarded(extend), maxFillPercent: 80, pollMs: 5, log, deps: lvm.deps }, (e) => (reason = e)).start();
+    await until(() => lvm.readings >= 6);
+    // 48 -> 64 MiB, then one lvextend that changed nothing: no more after it.
+    expect(lvm.extended).toEqual([16 * MiB, 16 * MiB]);
+    expect(lines.filter((l) => l.includes('"lvm.snapshot.max-size"'))).toHaveLength(1);
+    expect(await g.stop()).toEqual({ peakFillPercent: 85 });
     expect(reason).toBeNull();
   });
 
