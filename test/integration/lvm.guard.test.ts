@@ -105,12 +105,12 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     cleanRun(r);
   }, umlTestTimeout(330_000));
 
-  it("extends the snapshot with lvextend at the limit while the VG has room, and the backup succeeds", async ({ expect }) => {
+  it("extends the snapshot with lvextend at the limit while the VG has room, up to LVM's maximum, and the backup succeeds", async ({ expect }) => {
     // 20 MiB written while the snapshot lives (the stream is held until the writer is done): more than the first
     // 16 MiB can hold. A low limit leaves a wide margin for each extension (lvs + lvextend take seconds in UML on a
-    // loaded machine): the first one has 12 MiB = 16 s at 0.75 MiB/s, the later ones more; the ceiling (128 MiB)
-    // stays above what 20 MiB of writes can ask for at 25 % (up to 112 MiB), and the origin is big enough for
-    // LVM to grow the snapshot that far (it stops at the origin's size plus its metadata, with lvextend exit 0).
+    // loaded machine): the first one has 12 MiB = 16 s at 0.75 MiB/s, the later ones more. 20 MiB at 25 % would
+    // ask for 80 MiB and more, below the ceiling (128 MiB), but LVM stops a snapshot of the 64 MiB origin at 68 MiB
+    // (the whole origin plus metadata: it cannot overflow), with lvextend exit 0: the guard stops extending there.
     const LIMIT = 25;
     const run = await backupRun("web01");
     const r = await runUml({
@@ -118,7 +118,7 @@ ${listRunnerSnapshots("$LAB/left.txt")}
       timeoutMs: 330_000,
       files: { "b.bin": pseudoRandom(20 * MiB, 9) },
       script: `${VG_SCRIPT}
-lvcreate -q -y -L 128M -n web01 vg0
+lvcreate -q -y -L 64M -n web01 vg0
 ${configScript({ vm: "web01", disks: { vda: "/dev/vg0/web01" }, snapshot: { size: "16MiB", maxFillPercent: LIMIT, extendBy: "16MiB", extendMax: "128MiB", pollInterval: "200ms" } })}
 ${run.heldBackground}${run.waitForStream}
 node ${WRITER} $LAB/b.bin /dev/vg0/web01 0 20 0.75 $LAB/writer.log
@@ -132,6 +132,13 @@ ${listRunnerSnapshots("$LAB/left.txt")}
     const extends_ = res.log.split("\n").filter((l) => l.includes('"event":"lvm.snapshot.extend"'));
     expect(extends_.length, res.log).toBeGreaterThanOrEqual(1);
     expect(extends_[0]).toMatch(/extending it by 16\.0 MiB/);
+    // Once LVM would not grow it any more (lvextend changed nothing), no lvextend at every reading after that.
+    const lines = res.log.split("\n");
+    const atMax = lines.findIndex((l) => l.includes('"event":"lvm.snapshot.max-size"'));
+    expect(atMax, res.log).toBeGreaterThanOrEqual(0);
+    expect(lines[atMax]).toMatch(/did not grow beyond 68\.0 MiB: LVM's maximum for its origin/);
+    expect(lines.slice(atMax).filter((l) => l.includes('"event":"lvm.snapshot.extend"'))).toEqual([]);
+    expect(extends_.length).toBeLessThanOrEqual(5);
     expect(res.peakFillPercent).toBeGreaterThanOrEqual(LIMIT);
     expect(res.peakFillPercent).toBeLessThan(100);
     expect(readLines(r.dir, "dmesg-overflow.txt")).toEqual([]);
