@@ -2,7 +2,7 @@
  * The UML fixture itself: a script's exit code and output come back, a hung guest is killed at the deadline with
  * its console and output in the error, and no UML process outlives the run.
  */
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { describe, it } from "vitest";
 import { cleanRun, runUml, UmlError } from "../lab/umlLab.ts";
 
@@ -43,5 +43,6 @@ describe.concurrent("UML lab fixture", () => {
     expect((err as Error).message).toMatch(/--- console ---/);
     const dir = /\(dir (\S+)\)/.exec((err as Error).message)![1]!;
     expect(umlProcesses(dir)).toEqual([]);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
