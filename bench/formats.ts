@@ -14,11 +14,12 @@
  * <= 1.5 x the image format's window.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { createHash, randomBytes, randomFillSync } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { parseSize } from "../runner/config/sizes.ts";
+import { makeImage } from "./benchImage.ts";
 import { domainXml, removeTestDomain, startLibvirtLab, virshLab } from "../test/lab/libvirtLab.ts";
 
 const REPO = resolve(new URL("..", import.meta.url).pathname);
@@ -65,19 +66,6 @@ function timed(file: string, argv: string[], env: Record<string, string> = {}): 
 
 function duBytes(path: string): number {
   return Number(execFileSync("du", ["-sb", path], { encoding: "utf8" }).split("\t")[0]);
-}
-
-function makeImage(path: string, bytes: number): void {
-  const fd = openSync(path, "w");
-  const chunk = Buffer.alloc(16 * MiB);
-  const half = Math.floor(bytes / 2);
-  for (let off = 0; off < bytes; off += chunk.length) {
-    const n = Math.min(chunk.length, bytes - off);
-    if (off < half) randomFillSync(chunk, 0, n);
-    else chunk.fill(0, 0, n);
-    writeSync(fd, chunk, 0, n, off);
-  }
-  closeSync(fd);
 }
 
 interface Row {

@@ -7,18 +7,24 @@ import { z } from "zod";
 export const MANIFEST_FILE = "manifest.json";
 export const MANIFEST_VERSION = 1;
 
-export const ManifestDisk = z.object({
+/** What every format records of a disk. */
+const diskCommon = {
   /** Target name in the guest (vda) or the name in the explicit disks map. */
   name: z.string(),
   /** Where the disk lived on the host when the backup was taken (image path or LV device). */
   source: z.string(),
-  /** Format of the source image (raw, qcow2); the stored file is always the guest-visible raw bytes, compressed. */
+  /** Format of the source image (raw, qcow2); what is stored is always the guest-visible raw bytes. */
   format: z.string(),
   virtualSize: z.number().int().nonnegative(),
   bytesRead: z.number().int().nonnegative(),
+  /** image: the compressed file's size; repository: the new data the disk added to the repository (after dedup and compression). */
   bytesStored: z.number().int().nonnegative(),
   /** SHA-256 of the guest-visible (uncompressed, raw) bytes. */
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
+};
+
+export const ManifestDisk = z.object({
+  ...diskCommon,
   /** SHA-256 of the stored file as it lies on disk: what `ship` checks on a target. */
   storedSha256: z.string().regex(/^[0-9a-f]{64}$/),
   /** File name inside the backup directory, e.g. vda.raw.zst */
@@ -31,14 +37,7 @@ export const ManifestDisk = z.object({
  * `snapshot` of the staging repository (tagged with the backup id, so copies on targets are found by tag).
  */
 export const RepositoryDisk = z.object({
-  name: z.string(),
-  source: z.string(),
-  format: z.string(),
-  virtualSize: z.number().int().nonnegative(),
-  bytesRead: z.number().int().nonnegative(),
-  /** New data this disk added to the staging repository (restic's data_added: after dedup and compression). */
-  bytesStored: z.number().int().nonnegative(),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  ...diskCommon,
   repository: z.object({
     /** The staging repository's snapshot id (64 hex); copies on targets carry it as `original`. */
     snapshot: z.string().regex(/^[0-9a-f]{64}$/),

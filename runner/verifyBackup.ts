@@ -3,7 +3,7 @@
  * decompressed guest-visible bytes' SHA-256 and length. Both, because a damaged stored file can still decompress
  * (gzip/none), and a decompressor can fail on a file whose damage the first check already names.
  */
-import { Writable } from "node:stream";
+import { type Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ManifestDisk } from "./manifest.ts";
 import { sha256File } from "./ship.ts";
@@ -19,7 +19,11 @@ export interface DiskVerdict {
 
 /** Decompresses one stored disk into `sink` (or nowhere), hashing the guest-visible bytes on the way. */
 export async function readStoredDisk(dir: string, d: ManifestDisk, sink?: Writable): Promise<{ sha256: string; bytes: number }> {
-  const src = openStored(join(dir, d.file), d.compression.type);
+  return hashedCopy(openStored(join(dir, d.file), d.compression.type), sink);
+}
+
+/** Copies a reader's bytes (a decompressor, `restic dump`) into `sink` (or nowhere), hashing them; kills it on failure. */
+export async function hashedCopy(src: { stream: Readable; done: Promise<void>; kill: () => void }, sink?: Writable): Promise<{ sha256: string; bytes: number }> {
   const hash = new HashCounter();
   const devNull = new Writable({ write: (_c, _e, cb) => cb(), highWaterMark: 4 << 20 });
   try {

@@ -2,26 +2,15 @@
  * Reading repository-format backups back: the guest-visible bytes of a disk (`restic dump`) hashed on the way,
  * for verify and restore; and the check of a target's copies against their manifests.
  */
-import { Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import type { Writable } from "node:stream";
 import type { RepositoryDisk, RepositoryManifest } from "../manifest.ts";
-import { HashCounter } from "../stream.ts";
-import type { DiskVerdict } from "../verifyBackup.ts";
+import { type DiskVerdict, hashedCopy } from "../verifyBackup.ts";
 import { groupBackups, type RepositoryBackup } from "./backups.ts";
 import type { Restic, ResticSnapshot } from "./restic.ts";
 
 /** Streams one disk out of `snapshot` into `sink` (or nowhere), hashing the bytes. */
 export async function readRepositoryDisk(repo: Restic, snapshot: string, d: RepositoryDisk, sink?: Writable): Promise<{ sha256: string; bytes: number }> {
-  const src = await repo.dump(snapshot, d.repository.path, `reading disk ${d.name}`);
-  const hash = new HashCounter();
-  const devNull = new Writable({ write: (_c, _e, cb) => cb(), highWaterMark: 4 << 20 });
-  try {
-    await Promise.all([pipeline(src.stream, hash, sink ?? devNull), src.done]);
-  } catch (e) {
-    src.kill();
-    throw e;
-  }
-  return { sha256: hash.digest(), bytes: hash.bytes };
+  return hashedCopy(await repo.dump(snapshot, d.repository.path, `reading disk ${d.name}`), sink);
 }
 
 /** A disk read back in full and compared with its manifest (length and SHA-256). */
