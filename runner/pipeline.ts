@@ -106,7 +106,7 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
   let lock: Lock | null = null;
   let partial: string | null = null;
   let committedId: string | null = null;
-  let streaming = false;
+  let prepared = false;
   let dispose = () => {};
   try {
     mkdirSync(vmDir(staging, vm), { recursive: true });
@@ -133,13 +133,14 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     // 1. Repair first: a crashed run may have left the VM on an overlay / with a snapshot.
     await backend.recover(ctx);
     removePartials(staging, vm, log);
+    // What a killed run left outside <id>.partial (repository snapshots); a failure here only warns.
+    await format.recover(fctx, new Set(listBackups(staging, vm).map((b) => b.id)));
 
     // 2. Preflight: nothing is changed on the VM until all of it passed.
     await checkLocalStaging(staging, 0, "the backup");
     const disks = await backend.preflight(ctx);
     await format.prepare(fctx);
-    // After prepare (which checks the repository and its password): what a killed run left outside <id>.partial.
-    await format.recover(fctx, new Set(listBackups(staging, vm).map((b) => b.id)));
+    prepared = true;
     const estimate = format.spaceEstimate(disks, listBackups(staging, vm).at(-1), policy);
     await checkLocalStaging(staging, estimate + parseSize(config.staging.minFree), `the backup of ${vm} (about ${estimate} bytes) plus staging.minFree (${config.staging.minFree})`);
     const domainXml = await backend.domainXml(ctx);
@@ -153,7 +154,6 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
 
     // 3. Snapshot; from here on the snapshot is removed whatever happens.
     const snap = await backend.snapshot(ctx, disks);
-    streaming = true;
     const streamed: StreamedDisk[] = [];
     let peakFillPercent: number | null = null;
     let removedAt: Date | null = null;
@@ -242,8 +242,9 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     return { vm, policy: policyName, ok: true, id: backupId, exitCode: ExitCode.ok };
   } catch (e) {
     if (partial) rmSync(partial, { recursive: true, force: true });
-    if (streaming) {
-      // What the format put outside <id>.partial (repository snapshots); if this fails too, the next run's recovery does it.
+    if (prepared) {
+      // What the format holds or put outside <id>.partial (a repository lock, snapshots); if this fails too, the
+      // next run's recovery does it.
       await formatFor(policy)
         .abandon({ config, vm, policyName, policy, backupId: committedId!, log })
         .catch((x: Error) => log.warn("backup.abandon", `could not clean up after the failed backup: ${x.message}; the next run does it`));

@@ -14,16 +14,17 @@
  * In both, the number of bytes restic processed must equal the disk's size, and the disk's SHA-256 is the one
  * the stream computed from the frozen image (what restore and verify compare against).
  */
-import { closeSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { repositoryOptions } from "../config/schema.ts";
 import { KvmBackupError, PreflightError } from "../errors.ts";
 import { spawn } from "../exec.ts";
+import type { Lock } from "../lock.ts";
 import type { RepositoryDisk } from "../manifest.ts";
 import { storedBytes } from "../manifest.ts";
 import { decompressorCommand, storedFileName, streamDisk, StreamError, withLimits } from "../stream.ts";
 import { diskPath, diskTags, groupBackups, manifestPath, manifestTags, textStream } from "../repository/backups.ts";
-import { stagingRepository } from "../repository/repositories.ts";
+import { stagingRepository, stagingRepositoryPath } from "../repository/repositories.ts";
 import { MIN_RESTIC_VERSION, parseBackupSummary, parseResticVersion, RepositoryError, RepositoryMissingError, type Restic, RUNNER_TAG } from "../repository/restic.ts";
 import { run } from "../exec.ts";
 import { versionAtLeast } from "../libvirt/virsh.ts";
@@ -31,6 +32,17 @@ import type { BackupFormatStrategy, FormatContext, StreamedDisk } from "./format
 import { allocatedBytes } from "./imageFormat.ts";
 
 const SUMMARY_SUFFIX = ".restic.json";
+
+/**
+ * Direct ingest: the staging repository's shared lock, taken in prepare (before the snapshot: waiting for a prune
+ * of another run must never happen inside the window) and released when the disks are in (or the backup failed).
+ */
+const directLocks = new Map<string, Lock>();
+
+function releaseDirectLock(id: string): void {
+  directLocks.get(id)?.release();
+  directLocks.delete(id);
+}
 
 /** restic on PATH and at least 0.14 (compression); throws a PreflightError saying what to install. */
 export async function checkResticVersion(): Promise<string> {
@@ -97,6 +109,7 @@ export const repositoryFormat: BackupFormatStrategy = {
         await repo.init();
         ctx.log.info("repository.created", `created the staging repository ${repo.loc.repo} (restic, compressed, encrypted with the repository password)`);
       }
+      if (repositoryOptions(ctx.policy).ingest === "direct") directLocks.set(ctx.backupId, await repo.lock("shared", `backing up ${ctx.vm}`));
     } catch (e) {
       if (e instanceof KvmBackupError && !(e instanceof PreflightError)) throw new PreflightError(e.message, { cause: e });
       throw e;
@@ -123,14 +136,10 @@ export const repositoryFormat: BackupFormatStrategy = {
     }
     const repo = repoOf(ctx);
     const file = `${d.name}${SUMMARY_SUFFIX}`;
-    const lock = await repo.lock("shared", `backing up ${ctx.vm}/${d.name}`, undefined, repo.loc.timeoutMs, signal);
-    try {
-      const command = { file: "restic", args: repo.backupArgs({ filename: diskPath(ctx.vm, d.name), host: ctx.config.host, tags: tagsOf(ctx, d.name), compression: opts.compression }), env: repo.env() };
-      const result = await streamDisk({ disk: d, outFile: join(partial, file), compression: ctx.policy.compression, limits: ctx.policy.limits, signal, log, command });
-      return { disk: d, result, file };
-    } finally {
-      lock.release();
-    }
+    if (!directLocks.has(ctx.backupId)) throw new RepositoryError(`disk ${d.name}: the staging repository is not locked for this backup (prepare did not run)`);
+    const command = { file: "restic", args: repo.backupArgs({ filename: diskPath(ctx.vm, d.name), host: ctx.config.host, tags: tagsOf(ctx, d.name), compression: opts.compression }), env: repo.env() };
+    const result = await streamDisk({ disk: d, outFile: join(partial, file), compression: ctx.policy.compression, limits: ctx.policy.limits, signal, log, command });
+    return { disk: d, result, file };
   },
 
   async finishDisks(ctx, streamed, partial, signal): Promise<RepositoryDisk[]> {
@@ -141,6 +150,7 @@ export const repositoryFormat: BackupFormatStrategy = {
       const d = sd.disk;
       const path = join(partial, sd.file);
       if (opts.ingest === "direct") {
+        releaseDirectLock(ctx.backupId);
         const s = parseBackupSummary(readFileSync(path, "utf8"));
         if (!s) throw new RepositoryError(`disk ${d.name}: restic did not report a saved snapshot (${path})`);
         if (s.bytesProcessed !== d.virtualSize) throw new StreamError(`disk ${d.name}: restic stored ${s.bytesProcessed} bytes, but the disk has ${d.virtualSize}; the backup would be incomplete`);
@@ -212,6 +222,7 @@ export const repositoryFormat: BackupFormatStrategy = {
   },
 
   async abandon(ctx) {
+    releaseDirectLock(ctx.backupId);
     const repo = repoOf(ctx);
     const [b] = groupBackups(await repo.snapshots(`cleaning up ${ctx.vm}/${ctx.backupId}`, [RUNNER_TAG, `id=${ctx.backupId}`, `vm=${ctx.vm}`]), ctx.vm);
     if (b) {
@@ -221,12 +232,19 @@ export const repositoryFormat: BackupFormatStrategy = {
   },
 
   async recover(ctx, completeIds) {
-    const repo = repoOf(ctx);
-    const leftovers = groupBackups(await repo.snapshots(`looking for leftovers of ${ctx.vm}`, [RUNNER_TAG, `vm=${ctx.vm}`]), ctx.vm).filter((b) => !completeIds.has(b.id));
     const done: string[] = [];
-    for (const b of leftovers) {
-      await repo.forget(b.all.map((s) => s.id), `removing the leftovers of ${ctx.vm}/${b.id}`);
-      done.push(`forgot ${b.all.length} snapshot(s) of the unfinished backup ${ctx.vm}/${b.id} in the staging repository`);
+    try {
+      const repo = repoOf(ctx);
+      if (!existsSync(stagingRepositoryPath(ctx.config.staging.path))) return done;
+      const leftovers = groupBackups(await repo.snapshots(`looking for leftovers of ${ctx.vm}`, [RUNNER_TAG, `vm=${ctx.vm}`]), ctx.vm).filter((b) => !completeIds.has(b.id) && b.id !== ctx.backupId);
+      for (const b of leftovers) {
+        await repo.forget(b.all.map((s) => s.id), `removing the leftovers of ${ctx.vm}/${b.id}`);
+        done.push(`forgot ${b.all.length} snapshot(s) of the unfinished backup ${ctx.vm}/${b.id} in the staging repository`);
+      }
+    } catch (e) {
+      // Leftovers are never backups and cost only space: a busy repository must not stop tonight's backup.
+      if (!(e instanceof KvmBackupError)) throw e;
+      ctx.log.warn("backup.recover", `could not remove leftovers of unfinished backups from the staging repository (${e.message}); the next run or prune does it`);
     }
     for (const d of done) ctx.log.warn("backup.recover", d);
     return done;

@@ -161,7 +161,7 @@ describe("format: repository on a running domain", () => {
   it("a second backup after rewriting 3 % of a disk stores that change plus the chunks around its edges", async () => {
     // 2 MiB of 64 MiB, in one region, random (incompressible): restic must store at least that; content-defined
     // chunks (0.5-8 MiB, about 1 MiB on average) add the unchanged parts of the chunks the region's two edges fall
-    // into, a few MiB per changed region whatever its size (measured: 5.5 MB for this 2 MiB change).
+    // into, a few MiB per changed region whatever its size (measured: 5.6 to 7.5 MB for this 2 MiB change).
     const changed = 2 * MiB;
     rewrite(dom.disks[1]!.path, 20 * MiB + 12345, changed);
     await new Promise((r) => setTimeout(r, 1100));
@@ -173,7 +173,11 @@ describe("format: repository on a running domain", () => {
     const [vda, vdb] = m.disks as Array<{ bytesStored: number; virtualSize: number; stagedBytes: number }>;
     console.log(`dedup: vdb ${vdb!.virtualSize} bytes, ${changed} changed, ${vdb!.bytesStored} new in the repository (${((100 * vdb!.bytesStored) / vdb!.virtualSize).toFixed(1)} % of the disk, ${(vdb!.bytesStored / changed).toFixed(2)} x the change); staged image ${vdb!.stagedBytes}; unchanged vda: ${vda!.bytesStored}`);
     expect(vdb!.bytesStored).toBeGreaterThanOrEqual(changed);
-    expect(vdb!.bytesStored).toBeLessThanOrEqual(changed + 4 * MiB);
+    // At most the two chunks the region's edges fall into, each at most restic's maximum chunk (8 MiB); typically
+    // 3-6 MiB here (the chunker's polynomial is random per repository, so the edges fall differently each run).
+    expect(vdb!.bytesStored).toBeLessThanOrEqual(changed + 16 * MiB);
+    // A full copy (the image format) would be the whole compressed disk again.
+    expect(vdb!.bytesStored).toBeLessThan(vdb!.stagedBytes / 3);
     // vda changed only by the guest's 2 MiB pattern write during the first backup: the chunks around it are new.
     expect(vda!.bytesStored).toBeLessThan(vda!.virtualSize / 2);
     expect(vdb!.stagedBytes).toBeGreaterThan(32 * MiB);
