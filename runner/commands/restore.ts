@@ -1,6 +1,6 @@
 import { createWriteStream, existsSync, mkdirSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadHostConfig } from "../config/hostConfig.ts";
 import type { HostConfig } from "../config/schema.ts";
@@ -46,6 +46,8 @@ export async function restoreOne(dir: string, d: ManifestDisk | RepositoryDisk, 
   if (user) throw new RestoreRefusedError(`refusing to write ${to}: it is ${user}; shut the domain down first, or restore to another path and switch the domain to it`);
   const isDevice = existsSync(to) && statSync(to).isBlockDevice();
   if (!isDevice && existsSync(to) && !force) throw new RestoreRefusedError(`refusing to overwrite the existing file ${to}; remove it, choose another path, or add --force`);
+  // A missing directory is more likely a typo than a wish to create it; say so instead of failing with ENOENT.
+  if (!isDevice && !existsSync(dirname(to))) throw new RestoreRefusedError(`cannot write ${to}: the directory ${dirname(to)} does not exist; create it or choose another path`);
   const tmp = isDevice ? to : `${to}.kvm-backup-restoring`;
   const out = createWriteStream(tmp, { flags: isDevice ? "r+" : "w", highWaterMark: 4 << 20 });
   try {

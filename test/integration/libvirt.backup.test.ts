@@ -103,6 +103,11 @@ describe("libvirt method: backup of a running domain while the guest writes", ()
     const r = cli(config, ["restore", "--vm", VM, "--id", id, "--disk", "vdb", "--to", file]);
     expect(r.status).toBe(1);
     expect(readFileSync(file, "utf8")).toBe("keep me");
+    const missing = join(dir, "no-such-dir", "vdb.raw");
+    const m = cli(config, ["restore", "--vm", VM, "--id", id, "--disk", "vdb", "--to", missing]);
+    expect(m.status).toBe(1);
+    expect(m.stderr).toContain(`the directory ${join(dir, "no-such-dir")} does not exist`);
+    expect(existsSync(join(dir, "no-such-dir"))).toBe(false);
   });
 
   it("list and status show the backup; status writes the Prometheus textfile", () => {
