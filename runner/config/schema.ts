@@ -283,7 +283,7 @@ export const Limits = strict({
  * How a repository-format policy stores its backups (restic). `ingest`: staged streams the frozen disk into a
  * zstd image on staging first and feeds it to restic after the snapshot is gone (the snapshot window of the
  * image format); direct feeds restic while the snapshot lives (no staged image, a longer window). See
- * docs/readme/55-repository-format.md for the measurements behind the default.
+ * README.md (The repository format) for the measurements behind the default.
  */
 export const RepositoryOptions = strict({
   ingest: oneOf(["staged", "direct"] as const).default("staged"),
@@ -320,7 +320,7 @@ export const LibvirtSnapshot = strict({
 }).default({ quiesce: "auto" });
 
 /**
- * Restore drills (`kvm-backup drill`, docs/readme/70-restore-drills.md): on `schedule` the newest backup of each
+ * Restore drills (`kvm-backup drill`, README.md (Restore drills)): on `schedule` the newest backup of each
  * VM of the policy is restored into a scratch domain without network, booted, and must answer (guest agent
  * `guest-ping`, or a console line matching `consolePattern`) within `bootTimeout`. `memory`/`vcpus` replace the
  * VM's own for the scratch domain; `limits` apply to the drill's service (restore and boot wait).
