@@ -105,8 +105,9 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
   const startedAt = (opts.now ?? (() => new Date()))();
   let lock: Lock | null = null;
   let partial: string | null = null;
-  let committedId: string | null = null;
-  let prepared = false;
+  // Set once the format has prepared (it may hold a repository lock from then on), so a failure hands exactly
+  // this backup back to it.
+  let prepared: { format: ReturnType<typeof formatFor>; fctx: FormatContext } | null = null;
   let dispose = () => {};
   try {
     mkdirSync(vmDir(staging, vm), { recursive: true });
@@ -140,13 +141,12 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     await checkLocalStaging(staging, 0, "the backup");
     const disks = await backend.preflight(ctx);
     await format.prepare(fctx);
-    prepared = true;
+    prepared = { format, fctx };
     const estimate = format.spaceEstimate(disks, listBackups(staging, vm).at(-1), policy);
     await checkLocalStaging(staging, estimate + parseSize(config.staging.minFree), `the backup of ${vm} (about ${estimate} bytes) plus staging.minFree (${config.staging.minFree})`);
     const domainXml = await backend.domainXml(ctx);
 
     partial = partialDir(staging, vm, backupId);
-    committedId = backupId;
     mkdirSync(partial);
     const linked = linkedAbort(opts.signal, parseDuration(policy.limits.timeout) * 1000, vm);
     const ctrl = linked.ctrl;
@@ -245,8 +245,8 @@ export async function backupVm(config: HostConfig, vm: string, policyName: strin
     if (prepared) {
       // What the format holds or put outside <id>.partial (a repository lock, snapshots); if this fails too, the
       // next run's recovery does it.
-      await formatFor(policy)
-        .abandon({ config, vm, policyName, policy, backupId: committedId!, log })
+      await prepared.format
+        .abandon(prepared.fctx)
         .catch((x: Error) => log.warn("backup.abandon", `could not clean up after the failed backup: ${x.message}; the next run does it`));
     }
     const exitCode = e instanceof KvmBackupError ? e.exitCode : ExitCode.backupFailed;
